@@ -1,0 +1,147 @@
+//! Typed settings, loaded once from flags and the environment (each flag has its variable).
+//! Secrets (the Stigg key, API tokens) are never printed: `--help` hides their values and
+//! `Debug` redacts them.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+#[derive(Clone, Args)]
+pub struct Settings {
+    /// PostgreSQL URL of the replica (required except for `publish`).
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// URL of the SQS queue Stigg publishes to (required for `run` and `worker`). A URL ending
+    /// in `.fifo` is a FIFO queue: order is kept within each MessageGroupId.
+    #[arg(long, env = "SQS_QUEUE_URL", global = true)]
+    pub sqs_queue_url: Option<String>,
+
+    /// Optional SQS queue that also receives every dead letter, body unchanged, with the
+    /// attributes `stigg-byos-reason` and `stigg-byos-source-message-id`.
+    #[arg(long, env = "SQS_DLQ_URL", global = true)]
+    pub sqs_dlq_url: Option<String>,
+
+    /// Stigg server API key. When set, queue credentials come from Stigg's Edge API and are
+    /// refreshed before they expire; otherwise the standard AWS credentials chain is used.
+    #[arg(long, env = "STIGG_SERVER_API_KEY", global = true, hide_env_values = true)]
+    pub stigg_server_api_key: Option<String>,
+
+    /// Base URL of Stigg's Edge API.
+    #[arg(long, env = "STIGG_EDGE_URL", global = true, default_value = "https://edge.api.stigg.io")]
+    pub stigg_edge_url: String,
+
+    /// Address the HTTP server listens on.
+    #[arg(long, env = "HTTP_ADDR", global = true, default_value = "0.0.0.0:8080")]
+    pub http_addr: SocketAddr,
+
+    /// Comma-separated bearer tokens for /check-access and /graphql. Unset means open.
+    #[arg(long, env = "API_TOKENS", global = true, hide_env_values = true)]
+    pub api_tokens: Option<String>,
+
+    /// Messages in flight at once (1–1000).
+    #[arg(long, env = "WORKER_CONCURRENCY", global = true, default_value_t = 16,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub worker_concurrency: u32,
+
+    /// Long-poll wait of each receive, in seconds (0–20).
+    #[arg(long, env = "SQS_WAIT_SECONDS", global = true, default_value_t = 20,
+          value_parser = clap::value_parser!(u32).range(0..=20))]
+    pub sqs_wait_seconds: u32,
+
+    /// Visibility timeout of received messages, in seconds (extended while work runs long).
+    #[arg(long, env = "SQS_VISIBILITY_TIMEOUT", global = true, default_value_t = 30,
+          value_parser = clap::value_parser!(u32).range(2..=43200))]
+    pub sqs_visibility_timeout: u32,
+
+    /// Receives that ended in a non-transient failure or a crash before a message is
+    /// dead-lettered.
+    #[arg(long, env = "MAX_RECEIVE_COUNT", global = true, default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub max_receive_count: u32,
+
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redacted = |o: &Option<String>| o.as_ref().map(|_| "<redacted>");
+        f.debug_struct("Settings")
+            .field("database_url", &redacted(&self.database_url))
+            .field("sqs_queue_url", &self.sqs_queue_url)
+            .field("sqs_dlq_url", &self.sqs_dlq_url)
+            .field("stigg_server_api_key", &redacted(&self.stigg_server_api_key))
+            .field("stigg_edge_url", &self.stigg_edge_url)
+            .field("http_addr", &self.http_addr)
+            .field("api_tokens", &redacted(&self.api_tokens))
+            .field("worker_concurrency", &self.worker_concurrency)
+            .field("sqs_wait_seconds", &self.sqs_wait_seconds)
+            .field("sqs_visibility_timeout", &self.sqs_visibility_timeout)
+            .field("max_receive_count", &self.max_receive_count)
+            .field("log_format", &self.log_format)
+            .finish()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0} is required (set the variable or pass the flag)")]
+    Missing(&'static str),
+}
+
+impl Settings {
+    pub fn database_url(&self) -> Result<&str, ConfigError> {
+        self.database_url
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .ok_or(ConfigError::Missing("DATABASE_URL"))
+    }
+
+    pub fn queue_url(&self) -> Result<&str, ConfigError> {
+        self.sqs_queue_url
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .ok_or(ConfigError::Missing("SQS_QUEUE_URL"))
+    }
+
+    /// The bearer tokens; empty means the API is open.
+    pub fn tokens(&self) -> Vec<String> {
+        self.api_tokens
+            .as_deref()
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    pub fn visibility_timeout(&self) -> Duration {
+        Duration::from_secs(u64::from(self.sqs_visibility_timeout))
+    }
+
+    /// Warnings about risky combinations, logged at start-up.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if self.sqs_visibility_timeout < 10 {
+            w.push(format!(
+                "SQS_VISIBILITY_TIMEOUT={} s is short: a slow database write may outlive it \
+                 between heartbeats and the message be delivered twice (harmless, but wasted)",
+                self.sqs_visibility_timeout
+            ));
+        }
+        if self.sqs_dlq_url.as_deref() == self.sqs_queue_url.as_deref() && self.sqs_dlq_url.is_some() {
+            w.push("SQS_DLQ_URL equals SQS_QUEUE_URL: dead letters would loop".into());
+        }
+        w
+    }
+}

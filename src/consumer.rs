@@ -1,0 +1,537 @@
+//! The SQS loop: receive (long poll, up to 10 at a time, at most WORKER_CONCURRENCY in
+//! flight), apply each received batch in one transaction, keep visibility extended while work
+//! runs, delete only after the commit, dead-letter what can never apply, and drain on
+//! shutdown. It never deletes a message whose effect is not committed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_sqs::types::{
+    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, Message,
+    MessageAttributeValue, MessageSystemAttributeName,
+};
+use backon::{BackoffBuilder, ExponentialBuilder};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, error, info, info_span, warn, Instrument};
+
+use crate::events::{self, ParsedEvent};
+use crate::health::Health;
+use crate::processor::Processor;
+use crate::store;
+use crate::telemetry;
+
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    pub queue_url: String,
+    pub dlq_url: Option<String>,
+    pub concurrency: usize,
+    pub wait_seconds: i32,
+    pub visibility: Duration,
+    pub max_receive_count: u32,
+}
+
+impl ConsumerConfig {
+    fn is_fifo(url: &str) -> bool {
+        url.trim_end_matches('/').ends_with(".fifo")
+    }
+}
+
+pub struct Consumer {
+    sqs: aws_sdk_sqs::Client,
+    processor: Processor,
+    cfg: ConsumerConfig,
+    health: Arc<Health>,
+}
+
+/// A message that will never apply, with what could be read of it.
+struct DeadLetter {
+    reason: String,
+    event_message_id: Option<String>,
+    event_type: Option<String>,
+}
+
+fn receive_backoff() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(20))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+fn db_backoff() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(3))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+impl Consumer {
+    pub fn new(
+        sqs: aws_sdk_sqs::Client,
+        processor: Processor,
+        cfg: ConsumerConfig,
+        health: Arc<Health>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            sqs,
+            processor,
+            cfg,
+            health,
+        })
+    }
+
+    /// Runs until `shutdown`; then stops receiving, lets in-flight work finish within the
+    /// visibility timeout, and makes whatever is left visible again.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let permits = Arc::new(Semaphore::new(self.cfg.concurrency));
+        let tasks = TaskTracker::new();
+        let hard_stop = CancellationToken::new();
+        let mut backoff = receive_backoff();
+        self.health.set_consumer_running(true);
+        info!(queue = %self.cfg.queue_url, concurrency = self.cfg.concurrency, "consumer started");
+        loop {
+            if !self.health.database_ok() && !self.wait_for_database(&shutdown).await {
+                break;
+            }
+            let first = tokio::select! {
+                p = permits.clone().acquire_owned() => p.expect("semaphore open"),
+                _ = shutdown.cancelled() => break,
+            };
+            let mut held = vec![first];
+            while held.len() < 10 {
+                match permits.clone().try_acquire_owned() {
+                    Ok(p) => held.push(p),
+                    Err(_) => break,
+                }
+            }
+            let received = tokio::select! {
+                r = self.receive(held.len() as i32) => r,
+                _ = shutdown.cancelled() => break,
+            };
+            let messages = match received {
+                Ok(m) => {
+                    backoff = receive_backoff();
+                    m
+                }
+                Err(e) => {
+                    telemetry::receive_error();
+                    let wait = backoff.next().unwrap_or(Duration::from_secs(20));
+                    warn!(error = %e, ?wait, "receive failed; backing off");
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => continue,
+                        _ = shutdown.cancelled() => break,
+                    }
+                }
+            };
+            if messages.is_empty() {
+                continue;
+            }
+            held.truncate(messages.len());
+            telemetry::in_flight(messages.len() as f64);
+            let this = self.clone();
+            let (shutdown, hard_stop) = (shutdown.clone(), hard_stop.clone());
+            tasks.spawn(async move {
+                let n = messages.len();
+                this.handle_batch(messages, &shutdown, &hard_stop).await;
+                telemetry::in_flight(-(n as f64));
+                drop(held);
+            });
+        }
+        info!(in_flight = tasks.len(), "shutting down: receiving stopped, draining");
+        tasks.close();
+        if tokio::time::timeout(self.cfg.visibility, tasks.wait()).await.is_err() {
+            warn!("in-flight work outlived the visibility timeout; releasing it");
+            hard_stop.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(3), tasks.wait()).await;
+        }
+        self.health.set_consumer_running(false);
+        info!("consumer stopped");
+    }
+
+    /// While the database is down: poll it, receive nothing. `false` on shutdown.
+    async fn wait_for_database(&self, shutdown: &CancellationToken) -> bool {
+        let mut backoff = db_backoff();
+        loop {
+            let ping = tokio::time::timeout(
+                Duration::from_secs(2),
+                sqlx::query("SELECT 1").execute(self.processor.pool()),
+            )
+            .await;
+            if matches!(ping, Ok(Ok(_))) {
+                info!("database reachable again; resuming receives");
+                self.health.set_database_ok(true);
+                return true;
+            }
+            let wait = backoff.next().unwrap_or(Duration::from_secs(3));
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.cancelled() => return false,
+            }
+        }
+    }
+
+    async fn receive(&self, max: i32) -> Result<Vec<Message>, aws_sdk_sqs::Error> {
+        let out = self
+            .sqs
+            .receive_message()
+            .queue_url(&self.cfg.queue_url)
+            .max_number_of_messages(max.clamp(1, 10))
+            .wait_time_seconds(self.cfg.wait_seconds)
+            .visibility_timeout(self.cfg.visibility.as_secs() as i32)
+            .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
+            .send()
+            .await?;
+        Ok(out.messages.unwrap_or_default())
+    }
+
+    async fn handle_batch(
+        &self,
+        messages: Vec<Message>,
+        shutdown: &CancellationToken,
+        hard_stop: &CancellationToken,
+    ) {
+        let handles: Vec<(String, String)> = messages
+            .iter()
+            .map(|m| {
+                (
+                    m.message_id.clone().unwrap_or_default(),
+                    m.receipt_handle.clone().unwrap_or_default(),
+                )
+            })
+            .collect();
+        let heartbeat = self.heartbeat(handles.clone());
+        tokio::select! {
+            _ = self.handle_batch_inner(messages, shutdown) => {}
+            _ = hard_stop.cancelled() => {
+                self.change_visibility(&handles, 0).await;
+            }
+        }
+        heartbeat.abort();
+    }
+
+    async fn handle_batch_inner(&self, messages: Vec<Message>, shutdown: &CancellationToken) {
+        let max = self.cfg.max_receive_count;
+        let mut parsed: Vec<(Message, ParsedEvent)> = Vec::with_capacity(messages.len());
+        let mut dead: Vec<(Message, DeadLetter)> = Vec::new();
+        for m in messages {
+            let count = receive_count(&m);
+            let body = m.body.as_deref().unwrap_or("");
+            match events::parse(body.as_bytes()) {
+                Err(e) => {
+                    warn!(sqs_message_id = m.message_id.as_deref().unwrap_or("-"),
+                          message_id = e.message_id.as_deref().unwrap_or("-"),
+                          event_type = e.event_type.as_deref().unwrap_or("-"),
+                          reason = %e.reason, "malformed message: dead-lettering");
+                    let dl = DeadLetter {
+                        reason: e.reason,
+                        event_message_id: e.message_id,
+                        event_type: e.event_type,
+                    };
+                    dead.push((m, dl));
+                }
+                Ok(ev) if count > max => {
+                    let dl = DeadLetter {
+                        reason: format!(
+                            "received {count} times (MAX_RECEIVE_COUNT is {max}) without being applied"
+                        ),
+                        event_message_id: ev.message_id.clone(),
+                        event_type: Some(ev.event_type.clone()),
+                    };
+                    warn!(message_id = %ev.dedup_key, event_type = %ev.event_type,
+                          customer_id = ev.customer_id().unwrap_or("-"), receive_count = count,
+                          "receive limit reached: dead-lettering");
+                    dead.push((m, dl));
+                }
+                Ok(ev) => parsed.push((m, ev)),
+            }
+        }
+
+        let mut to_delete: Vec<Message> = Vec::new();
+        let mut release: Vec<(Message, i32)> = Vec::new();
+        if !parsed.is_empty() {
+            let events: Vec<&ParsedEvent> = parsed.iter().map(|(_, e)| e).collect();
+            let Some(results) = self.process_with_retry(&events, shutdown).await else {
+                // shutting down with the database unreachable: hand everything back now
+                let all: Vec<(String, String)> = parsed
+                    .iter()
+                    .map(|(m, _)| m)
+                    .chain(dead.iter().map(|(m, _)| m))
+                    .map(handle_of)
+                    .collect();
+                self.change_visibility(&all, 0).await;
+                return;
+            };
+            for ((m, ev), result) in parsed.into_iter().zip(results) {
+                let span = info_span!("event", message_id = %ev.dedup_key,
+                    event_type = %ev.event_type, customer_id = ev.customer_id().unwrap_or("-"));
+                let _enter = span.enter();
+                match result {
+                    Ok(outcome) => {
+                        debug!(outcome = outcome.as_str(), "processed");
+                        to_delete.push(m);
+                    }
+                    Err(reason) => {
+                        let count = receive_count(&m);
+                        if count >= max {
+                            error!(%reason, receive_count = count, "failed for the last time: dead-lettering");
+                            let dl = DeadLetter {
+                                reason: format!("failed on receive {count} of {max}: {reason}"),
+                                event_message_id: ev.message_id.clone(),
+                                event_type: Some(ev.event_type.clone()),
+                            };
+                            dead.push((m, dl));
+                        } else {
+                            warn!(%reason, receive_count = count, "failed; SQS will redeliver");
+                            release.push((m, retry_delay(count)));
+                        }
+                    }
+                }
+            }
+        }
+        for (m, dl) in dead {
+            if self.dead_letter(&m, &dl, shutdown).await {
+                telemetry::message("dead_lettered");
+                to_delete.push(m);
+            } else {
+                release.push((m, 0));
+            }
+        }
+        for (m, delay) in &release {
+            self.change_visibility(&[handle_of(m)], *delay).await;
+        }
+        self.delete(&to_delete).await;
+    }
+
+    /// Applies the batch, retrying transient failures for as long as it takes (holding the
+    /// messages, with visibility extended by the heartbeat). `None` when shutdown came first.
+    async fn process_with_retry(
+        &self,
+        events: &[&ParsedEvent],
+        shutdown: &CancellationToken,
+    ) -> Option<Vec<Result<crate::apply::Outcome, String>>> {
+        let mut backoff = db_backoff();
+        loop {
+            match self.processor.process(events).await {
+                Ok(results) => {
+                    self.health.set_database_ok(true);
+                    return Some(results);
+                }
+                Err(e) => {
+                    self.health.set_database_ok(false);
+                    for _ in events {
+                        telemetry::message("retried");
+                    }
+                    let wait = backoff.next().unwrap_or(Duration::from_secs(3));
+                    warn!(error = %e, ?wait, batch = events.len(), "transient failure; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = shutdown.cancelled() => return None,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Records the dead letter, copies it to SQS_DLQ_URL when set. `true` when the message
+    /// may be deleted.
+    async fn dead_letter(&self, m: &Message, dl: &DeadLetter, shutdown: &CancellationToken) -> bool {
+        let source_id = m.message_id.as_deref().unwrap_or("-");
+        let body = m.body.as_deref().unwrap_or("");
+        let mut backoff = db_backoff();
+        loop {
+            match store::record_dead_letter(
+                self.processor.pool(),
+                source_id,
+                dl.event_message_id.as_deref(),
+                dl.event_type.as_deref(),
+                &dl.reason,
+                body.as_bytes(),
+            )
+            .await
+            {
+                Ok(()) => break,
+                Err(e) if crate::processor::is_transient(&e) && !shutdown.is_cancelled() => {
+                    self.health.set_database_ok(false);
+                    let wait = backoff.next().unwrap_or(Duration::from_secs(3));
+                    warn!(error = %e, "cannot record dead letter yet; retrying");
+                    tokio::time::sleep(wait).await;
+                }
+                Err(e) => {
+                    error!(error = %e, sqs_message_id = source_id, "cannot record dead letter");
+                    return false;
+                }
+            }
+        }
+        if let Some(dlq) = &self.cfg.dlq_url {
+            let mut send = self
+                .sqs
+                .send_message()
+                .queue_url(dlq)
+                .message_body(body)
+                .message_attributes("stigg-byos-reason", string_attr(&truncate(&dl.reason, 1024)))
+                .message_attributes("stigg-byos-source-message-id", string_attr(source_id));
+            if ConsumerConfig::is_fifo(dlq) {
+                let group = m
+                    .attributes
+                    .as_ref()
+                    .and_then(|a| a.get(&MessageSystemAttributeName::MessageGroupId))
+                    .cloned()
+                    .unwrap_or_else(|| "dead-letters".into());
+                send = send.message_group_id(group).message_deduplication_id(source_id);
+            }
+            if let Err(e) = send.send().await {
+                error!(error = %aws_sdk_sqs::Error::from(e), sqs_message_id = source_id,
+                       "cannot copy dead letter to SQS_DLQ_URL; will retry on redelivery");
+                return false;
+            }
+        }
+        true
+    }
+
+    fn heartbeat(&self, handles: Vec<(String, String)>) -> tokio::task::JoinHandle<()> {
+        let sqs = self.sqs.clone();
+        let queue = self.cfg.queue_url.clone();
+        let visibility = self.cfg.visibility;
+        let every = (visibility / 3).max(Duration::from_secs(1));
+        tokio::spawn(
+            async move {
+                let mut ticker = tokio::time::interval(every);
+                ticker.tick().await;
+                loop {
+                    ticker.tick().await;
+                    debug!(messages = handles.len(), "extending visibility");
+                    change_visibility(&sqs, &queue, &handles, visibility.as_secs() as i32).await;
+                }
+            }
+            .in_current_span(),
+        )
+    }
+
+    async fn change_visibility(&self, handles: &[(String, String)], seconds: i32) {
+        change_visibility(&self.sqs, &self.cfg.queue_url, handles, seconds).await;
+    }
+
+    async fn delete(&self, messages: &[Message]) {
+        for chunk in messages.chunks(10) {
+            let entries: Vec<DeleteMessageBatchRequestEntry> = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, m)| {
+                    DeleteMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(m.receipt_handle.clone().unwrap_or_default())
+                        .build()
+                        .expect("id and receipt handle set")
+                })
+                .collect();
+            let mut pending = entries;
+            for attempt in 0..3 {
+                match self
+                    .sqs
+                    .delete_message_batch()
+                    .queue_url(&self.cfg.queue_url)
+                    .set_entries(Some(pending.clone()))
+                    .send()
+                    .await
+                {
+                    Ok(out) => {
+                        let failed: HashMap<String, String> = out
+                            .failed
+                            .iter()
+                            .map(|f| (f.id.clone(), f.message.clone().unwrap_or_default()))
+                            .collect();
+                        if failed.is_empty() {
+                            break;
+                        }
+                        warn!(failed = failed.len(), ?failed, attempt, "some deletes failed");
+                        telemetry::delete_error(failed.len() as u64);
+                        pending.retain(|e| failed.contains_key(&e.id));
+                    }
+                    Err(e) => {
+                        telemetry::delete_error(pending.len() as u64);
+                        warn!(error = %aws_sdk_sqs::Error::from(e), attempt,
+                              "delete failed; already-applied messages will come back as duplicates");
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+            }
+        }
+    }
+}
+
+async fn change_visibility(
+    sqs: &aws_sdk_sqs::Client,
+    queue: &str,
+    handles: &[(String, String)],
+    seconds: i32,
+) {
+    for chunk in handles.chunks(10) {
+        let entries: Vec<_> = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, (_, receipt))| {
+                ChangeMessageVisibilityBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(receipt)
+                    .visibility_timeout(seconds)
+                    .build()
+                    .expect("id and receipt handle set")
+            })
+            .collect();
+        if let Err(e) = sqs
+            .change_message_visibility_batch()
+            .queue_url(queue)
+            .set_entries(Some(entries))
+            .send()
+            .await
+        {
+            warn!(error = %aws_sdk_sqs::Error::from(e), "changing visibility failed");
+        }
+    }
+}
+
+fn handle_of(m: &Message) -> (String, String) {
+    (
+        m.message_id.clone().unwrap_or_default(),
+        m.receipt_handle.clone().unwrap_or_default(),
+    )
+}
+
+fn receive_count(m: &Message) -> u32 {
+    m.attributes
+        .as_ref()
+        .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(1)
+}
+
+/// Seconds before a message that failed (not transiently) is offered again.
+fn retry_delay(receive_count: u32) -> i32 {
+    (1i32 << receive_count.min(6)).min(60)
+}
+
+fn string_attr(value: &str) -> MessageAttributeValue {
+    MessageAttributeValue::builder()
+        .data_type("String")
+        .string_value(if value.is_empty() { "-" } else { value })
+        .build()
+        .expect("data type set")
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
+}

@@ -1,0 +1,351 @@
+//! `Customer`, `CustomersOrderBy`, `CustomerCondition` and `CustomersConnection`, named as
+//! PostGraphile names them for the `customers` table, plus what no PostGraphile schema had:
+//! the customer's typed entitlements and its access decision. Tombstones are never read.
+
+use std::sync::Arc;
+
+use async_graphql::{Context, Enum, InputObject, Json, MaybeUndefined, Object, Result};
+use chrono::{DateTime, Utc};
+use sqlx::{FromRow, PgPool};
+
+use super::entitlements::{self, AccessDecision, Entitlement};
+use super::error::Internal;
+use super::loaders::Db;
+use super::page::{self, connection, Args, Column, Conn, Kind, Node, OrderBy, Page, Scope, Spec, Table, Term, Value};
+use super::scalars::{Cursor, Datetime};
+use super::subscriptions::{self, Subscription, SubscriptionCondition, SubscriptionsConnection, SubscriptionsOrderBy};
+
+const fn text(sql: &'static str, nullable: bool) -> Column {
+    Column {
+        sql,
+        kind: Kind::Text,
+        nullable,
+    }
+}
+
+const fn time(sql: &'static str) -> Column {
+    Column {
+        sql,
+        kind: Kind::Time,
+        nullable: false,
+    }
+}
+
+pub const CUSTOMER_ID: Column = text("customer_id", false);
+const NAME: Column = text("name", true);
+const EMAIL: Column = text("email", true);
+const BILLING_ID: Column = text("billing_id", true);
+const CREATED_AT: Column = time("created_at");
+const UPDATED_AT: Column = time("updated_at");
+
+pub const SELECT: &str = "t.customer_id, t.name, t.email, t.billing_id, t.created_at, t.updated_at";
+
+pub static TABLE: Table = Table {
+    name: "customers",
+    select: SELECT,
+    visible: "NOT t.is_deleted",
+    pk: CUSTOMER_ID,
+};
+
+#[derive(Debug, Clone, FromRow)]
+pub struct Customer {
+    pub customer_id: String,
+    pub name: Option<String>,
+    pub email: Option<String>,
+    pub billing_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// The first page of `subscriptions` with no arguments, when loaded with the customer.
+    #[sqlx(skip)]
+    pub subscriptions: Option<Arc<Page<Subscription>>>,
+}
+
+impl Node for Customer {
+    const TABLE: &'static Table = &TABLE;
+
+    fn value(&self, col: &Column) -> Value {
+        match col.sql {
+            "customer_id" => Value::Text(Some(self.customer_id.clone())),
+            "name" => Value::Text(self.name.clone()),
+            "email" => Value::Text(self.email.clone()),
+            "billing_id" => Value::Text(self.billing_id.clone()),
+            "created_at" => Value::Time(Some(self.created_at)),
+            _ => Value::Time(Some(self.updated_at)),
+        }
+    }
+}
+
+/// A live customer by id.
+pub async fn by_id(pool: &PgPool, id: &str) -> Result<Option<Customer>, Internal> {
+    const SQL: &str = "SELECT t.customer_id, t.name, t.email, t.billing_id, t.created_at,
+            t.updated_at
+         FROM customers t WHERE t.customer_id = $1 AND NOT t.is_deleted";
+    Ok(sqlx::query_as::<_, Customer>(SQL)
+        .bind(id)
+        .fetch_optional(pool)
+        .await?)
+}
+
+/// A live customer by id with the first page of its subscriptions, in one round trip (the
+/// hot path of `customer(customerId) { … subscriptions { nodes { … } } }`).
+pub async fn by_id_with_subscriptions(pool: &PgPool, id: &str) -> Result<Option<Customer>, Internal> {
+    const SQL: &str = "SELECT t.customer_id, t.name, t.email, t.billing_id, t.created_at,
+            t.updated_at, s.*
+         FROM customers t
+         LEFT JOIN LATERAL (
+             SELECT t.subscription_id, t.customer_id, t.status, t.plan_id, t.plan_name,
+                    t.billing_id, t.resource_id, t.billing_period, t.start_date, t.end_date,
+                    t.cancellation_date, t.trial_end_date, t.created_at, t.updated_at
+             FROM subscriptions t WHERE t.customer_id = $1
+             ORDER BY t.subscription_id LIMIT 1001) s ON TRUE
+         WHERE t.customer_id = $1 AND NOT t.is_deleted";
+    let rows = sqlx::query(SQL).bind(id).fetch_all(pool).await?;
+    let Some(first) = rows.first() else {
+        return Ok(None);
+    };
+    let mut customer = Customer::from_row(first)?;
+    let subs = rows
+        .iter()
+        .filter_map(|r| Subscription::at(r, 6).transpose())
+        .collect::<sqlx::Result<Vec<_>>>()?;
+    customer.subscriptions = Some(Arc::new(Page::from_preloaded(subs)));
+    Ok(Some(customer))
+}
+
+/// What a connection's selection asks for: rows (nodes, edges or pageInfo), the count.
+pub fn wants(ctx: &Context<'_>) -> (bool, bool) {
+    let la = ctx.look_ahead();
+    let rows = la.field("nodes").exists() || la.field("edges").exists() || la.field("pageInfo").exists();
+    (rows, la.field("totalCount").exists())
+}
+
+#[Object]
+impl Customer {
+    async fn customer_id(&self) -> &str {
+        &self.customer_id
+    }
+
+    async fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    async fn email(&self) -> Option<&str> {
+        self.email.as_deref()
+    }
+
+    async fn billing_id(&self) -> Option<&str> {
+        self.billing_id.as_deref()
+    }
+
+    async fn created_at(&self) -> Datetime {
+        Datetime(self.created_at)
+    }
+
+    async fn updated_at(&self) -> Datetime {
+        Datetime(self.updated_at)
+    }
+
+    /// The customer-level entitlements as Stigg sent them, each with its `currentUsage` set
+    /// to the latest usage reported for it. Null until Stigg sent a customer-level set.
+    async fn entitlements(&self, ctx: &Context<'_>) -> Result<Option<Json<serde_json::Value>>> {
+        let list = Db::of(ctx)
+            .entitlement_json
+            .load_one(self.customer_id.clone())
+            .await?;
+        Ok(list.map(Json))
+    }
+
+    /// Reads and enables pagination through a set of `Subscription`.
+    #[graphql(complexity = "page::cost(first, last, 10, child_complexity)")]
+    #[allow(clippy::too_many_arguments)]
+    async fn subscriptions(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "Only read the first `n` values of the set.")] first: Option<i32>,
+        #[graphql(desc = "Only read the last `n` values of the set.")] last: Option<i32>,
+        #[graphql(
+            desc = "Skip the first `n` values from our `after` cursor, an alternative to cursor based pagination. May not be used with `last`."
+        )]
+        offset: Option<i32>,
+        #[graphql(desc = "Read all values in the set before (above) this cursor.")] before: Option<Cursor>,
+        #[graphql(desc = "Read all values in the set after (below) this cursor.")] after: Option<Cursor>,
+        #[graphql(
+            desc = "The method to use when ordering `Subscription`.",
+            default_with = "Some(vec![SubscriptionsOrderBy::PrimaryKeyAsc])"
+        )]
+        order_by: Option<Vec<SubscriptionsOrderBy>>,
+        #[graphql(
+            desc = "A condition to be used in determining which values should be returned by the collection."
+        )]
+        condition: Option<SubscriptionCondition>,
+    ) -> Result<SubscriptionsConnection> {
+        let db = Db::of(ctx);
+        let args = Args {
+            first,
+            last,
+            offset,
+            before,
+            after,
+        };
+        let scope = Scope::Child {
+            column: "customer_id",
+            key: self.customer_id.clone(),
+        };
+        let plain = args.is_empty()
+            && condition.is_none()
+            && order_by.as_deref() == Some(&[SubscriptionsOrderBy::PrimaryKeyAsc][..]);
+        if let (true, Some(page)) = (plain, &self.subscriptions) {
+            return Ok(SubscriptionsConnection(Conn {
+                pool: db.pool.clone(),
+                scope,
+                spec: Arc::new(Spec::plain(subscriptions::SUBSCRIPTION_ID)),
+                page: page.clone(),
+            }));
+        }
+        let filter = SubscriptionCondition::filter(condition.as_ref());
+        let mut spec = Spec::new(args, order_by.as_deref(), subscriptions::SUBSCRIPTION_ID, filter)?;
+        (spec.want_rows, spec.want_total) = wants(ctx);
+        let spec = Arc::new(spec);
+        let page = db
+            .subscription_pages
+            .load_one((self.customer_id.clone(), spec.clone()))
+            .await?
+            .unwrap_or_else(|| {
+                Arc::new(Page {
+                    rows: Vec::new(),
+                    has_more: false,
+                    total: Some(0),
+                })
+            });
+        Ok(SubscriptionsConnection(Conn {
+            pool: db.pool.clone(),
+            scope,
+            spec,
+            page,
+        }))
+    }
+
+    /// The customer's entitlements, typed: the customer-level set, or a resource's set when
+    /// `resourceId` is given. Current usage and periods are those `/check-access` reports.
+    async fn entitlement_list(
+        &self,
+        ctx: &Context<'_>,
+        resource_id: Option<String>,
+    ) -> Result<Vec<Entitlement>> {
+        let key = entitlements::resource_key(resource_id.as_deref())?;
+        let list = Db::of(ctx)
+            .entitlement_lists
+            .load_one((self.customer_id.clone(), key))
+            .await?
+            .unwrap_or_default();
+        let now = Utc::now();
+        Ok(list.iter().map(|e| Entitlement::view(e, now)).collect())
+    }
+
+    /// Whether the customer may use a feature: the same decision as `POST /check-access`.
+    #[graphql(complexity = 5)]
+    async fn access(
+        &self,
+        ctx: &Context<'_>,
+        feature_id: String,
+        resource_id: Option<String>,
+        requested_usage: Option<f64>,
+        requested_values: Option<Vec<String>>,
+    ) -> Result<AccessDecision> {
+        entitlements::access(
+            &Db::of(ctx).pool,
+            &self.customer_id,
+            feature_id,
+            resource_id,
+            requested_usage,
+            requested_values,
+        )
+        .await
+    }
+}
+
+/// Methods to use when ordering `Customer`.
+#[derive(Enum, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CustomersOrderBy {
+    Natural,
+    CustomerIdAsc,
+    CustomerIdDesc,
+    NameAsc,
+    NameDesc,
+    EmailAsc,
+    EmailDesc,
+    BillingIdAsc,
+    BillingIdDesc,
+    CreatedAtAsc,
+    CreatedAtDesc,
+    UpdatedAtAsc,
+    UpdatedAtDesc,
+    PrimaryKeyAsc,
+    PrimaryKeyDesc,
+}
+
+impl OrderBy for CustomersOrderBy {
+    fn term(self) -> Option<Term> {
+        use CustomersOrderBy as O;
+        let (col, desc) = match self {
+            O::Natural => return None,
+            O::CustomerIdAsc | O::PrimaryKeyAsc => (CUSTOMER_ID, false),
+            O::CustomerIdDesc | O::PrimaryKeyDesc => (CUSTOMER_ID, true),
+            O::NameAsc => (NAME, false),
+            O::NameDesc => (NAME, true),
+            O::EmailAsc => (EMAIL, false),
+            O::EmailDesc => (EMAIL, true),
+            O::BillingIdAsc => (BILLING_ID, false),
+            O::BillingIdDesc => (BILLING_ID, true),
+            O::CreatedAtAsc => (CREATED_AT, false),
+            O::CreatedAtDesc => (CREATED_AT, true),
+            O::UpdatedAtAsc => (UPDATED_AT, false),
+            O::UpdatedAtDesc => (UPDATED_AT, true),
+        };
+        Some(Term { col, desc })
+    }
+}
+
+/// A condition to be used against `Customer` object types. All fields are tested for
+/// equality and combined with a logical ‘and.’
+#[derive(InputObject, Debug, Default)]
+pub struct CustomerCondition {
+    /// Checks for equality with the object’s `customerId` field.
+    pub customer_id: MaybeUndefined<String>,
+    /// Checks for equality with the object’s `name` field.
+    pub name: MaybeUndefined<String>,
+    /// Checks for equality with the object’s `email` field.
+    pub email: MaybeUndefined<String>,
+    /// Checks for equality with the object’s `billingId` field.
+    pub billing_id: MaybeUndefined<String>,
+    /// Checks for equality with the object’s `createdAt` field.
+    pub created_at: MaybeUndefined<Datetime>,
+    /// Checks for equality with the object’s `updatedAt` field.
+    pub updated_at: MaybeUndefined<Datetime>,
+}
+
+impl CustomerCondition {
+    pub fn filter(condition: Option<&Self>) -> Vec<(Column, Value)> {
+        let Some(c) = condition else { return Vec::new() };
+        let mut out = Vec::new();
+        for (col, v) in [
+            (CUSTOMER_ID, &c.customer_id),
+            (NAME, &c.name),
+            (EMAIL, &c.email),
+            (BILLING_ID, &c.billing_id),
+        ] {
+            page::text_condition(&mut out, col, v);
+        }
+        for (col, v) in [(CREATED_AT, &c.created_at), (UPDATED_AT, &c.updated_at)] {
+            page::time_condition(&mut out, col, v);
+        }
+        out
+    }
+}
+
+connection!(
+    CustomersConnection,
+    CustomersEdge,
+    Customer,
+    "A list of `Customer` objects."
+);

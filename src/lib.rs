@@ -1,0 +1,161 @@
+//! stigg-byos: a live replica of Stigg entitlement data. The composition root: [`run`] starts
+//! the roles (SQS consumer, HTTP server) on a listener and a shutdown signal it is given, so
+//! tests bind port 0 and stop it at will.
+
+pub mod access;
+pub mod apply;
+pub mod cli;
+pub mod config;
+pub mod consumer;
+pub mod events;
+pub mod graphql;
+pub mod health;
+pub mod http;
+pub mod processor;
+pub mod sqs;
+pub mod store;
+pub mod telemetry;
+pub mod version;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::consumer::{Consumer, ConsumerConfig};
+use crate::health::Health;
+use crate::processor::Processor;
+
+/// Which roles a process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Roles {
+    pub worker: bool,
+    pub http: bool,
+}
+
+/// Opens the pool. Connections are made on demand, so a process starts (and `/readyz` says
+/// 503) while the database is down.
+pub fn pool(settings: &Settings, max_connections: u32) -> anyhow::Result<PgPool> {
+    let url = settings.database_url()?;
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .min_connections(0)
+        .acquire_timeout(Duration::from_secs(2))
+        .connect_lazy(url)
+        .context("DATABASE_URL is not a valid PostgreSQL URL")
+}
+
+/// Connects and applies the migrations, retrying while the database is unreachable
+/// (at most `patience`).
+pub async fn connect_and_migrate(settings: &Settings, max_connections: u32, patience: Duration) -> anyhow::Result<PgPool> {
+    let pool = pool(settings, max_connections)?;
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        match store::migrate(&pool).await {
+            Ok(()) => return Ok(pool),
+            Err(sqlx::migrate::MigrateError::Execute(e))
+                if processor::is_transient(&e) && tokio::time::Instant::now() < deadline =>
+            {
+                tracing::warn!(error = %e, "database not reachable yet; retrying migrations");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e).context("applying migrations"),
+        }
+    }
+}
+
+/// Runs the roles until `shutdown`. The HTTP server listens on `listener` when given.
+pub async fn run(
+    settings: Settings,
+    pool: PgPool,
+    roles: Roles,
+    listener: Option<TcpListener>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    for warning in settings.warnings() {
+        tracing::warn!("{warning}");
+    }
+    let health = Arc::new(Health::new(roles.worker));
+    let mut tasks = tokio::task::JoinSet::new();
+
+    if roles.worker {
+        let cfg = ConsumerConfig {
+            queue_url: settings.queue_url()?.to_owned(),
+            dlq_url: settings.sqs_dlq_url.clone().filter(|s| !s.is_empty()),
+            concurrency: settings.worker_concurrency as usize,
+            wait_seconds: settings.sqs_wait_seconds as i32,
+            visibility: settings.visibility_timeout(),
+            max_receive_count: settings.max_receive_count,
+        };
+        let sqs = sqs::client(&settings).await;
+        let consumer = Consumer::new(sqs, Processor::new(pool.clone()), cfg, health.clone());
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            consumer.run(shutdown).await;
+            Ok::<(), anyhow::Error>(())
+        });
+    }
+
+    if roles.http {
+        let listener = match listener {
+            Some(l) => l,
+            None => TcpListener::bind(settings.http_addr)
+                .await
+                .with_context(|| format!("binding HTTP_ADDR {}", settings.http_addr))?,
+        };
+        let tokens = settings.tokens();
+        if tokens.is_empty() {
+            tracing::warn!("API_TOKENS is unset: /check-access and /graphql are open to anyone who can reach them");
+        }
+        let state = http::AppState {
+            pool: pool.clone(),
+            health: health.clone(),
+            tokens: Arc::new(tokens),
+        };
+        telemetry::prometheus();
+        let app = http::router(state);
+        tracing::info!(addr = %listener.local_addr()?, "HTTP server listening");
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                .await
+                .context("HTTP server")
+        });
+    }
+
+    let mut result = Ok(());
+    while let Some(done) = tasks.join_next().await {
+        let outcome = done.context("role panicked").and_then(|r| r);
+        if let Err(e) = outcome {
+            tracing::error!(error = %e, "a role failed; shutting down");
+            shutdown.cancel();
+            result = Err(e);
+        }
+    }
+    pool.close().await;
+    result
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

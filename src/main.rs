@@ -1,0 +1,17 @@
+//! Thin main: parse the command line, set up tracing, hand over to the library.
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = stigg_byos::cli::Cli::parse();
+    stigg_byos::telemetry::setup_tracing(cli.settings.log_format);
+    match stigg_byos::cli::main(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

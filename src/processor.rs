@@ -1,0 +1,115 @@
+//! Runs parsed events through [`crate::apply`] in batches: one transaction per batch (fast),
+//! falling back to one transaction per event when an event fails for a reason that is not
+//! transient, so one bad event never rolls back the others. Transient database failures are
+//! reported to the caller, which retries (see [`is_transient`]).
+
+use std::time::Instant;
+
+use sqlx::PgPool;
+
+use crate::apply::{self, Outcome};
+use crate::events::ParsedEvent;
+use crate::telemetry;
+
+/// The per-event result of a batch: the outcome, or why it failed (not transiently).
+pub type EventResult = Result<Outcome, String>;
+
+#[derive(Debug, thiserror::Error)]
+#[error("transient database failure: {0}")]
+pub struct Transient(#[source] pub sqlx::Error);
+
+/// Transient versus permanent, decided here and nowhere else: connection trouble,
+/// serialization failures, deadlocks, lock time-outs and server shutdown are worth retrying.
+pub fn is_transient(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            let code = code.as_ref();
+            code.starts_with("08") // connection exception
+                || code.starts_with("53") // insufficient resources
+                || code.starts_with("57P") // operator intervention (shutdown)
+                || matches!(code, "40001" | "40P01" | "55P03")
+        }),
+        _ => false,
+    }
+}
+
+#[derive(Clone)]
+pub struct Processor {
+    pool: PgPool,
+}
+
+impl Processor {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Applies a batch in order. `Err` only for a transient failure: nothing was committed.
+    pub async fn process(&self, events: &[&ParsedEvent]) -> Result<Vec<EventResult>, Transient> {
+        let started = Instant::now();
+        let results = match self.process_together(events).await {
+            Ok(Some(outcomes)) => outcomes.into_iter().map(Ok).collect(),
+            Ok(None) => self.process_one_by_one(events).await?,
+            Err(e) => return Err(e),
+        };
+        let per_event = started.elapsed().as_secs_f64() / events.len().max(1) as f64;
+        for r in &results {
+            telemetry::processed(r.as_ref().map(|o| o.as_str()).unwrap_or("failed"), per_event);
+        }
+        Ok(results)
+    }
+
+    /// One transaction for the whole batch; `None` when some event failed non-transiently.
+    async fn process_together(
+        &self,
+        events: &[&ParsedEvent],
+    ) -> Result<Option<Vec<Outcome>>, Transient> {
+        let mut tx = self.pool.begin().await.map_err(Transient)?;
+        let mut outcomes = Vec::with_capacity(events.len());
+        for ev in events {
+            match apply::apply(&mut tx, ev).await {
+                Ok(o) => outcomes.push(o),
+                Err(e) if is_transient(&e) => return Err(Transient(e)),
+                Err(e) => {
+                    tracing::debug!(error = %e, "batch member failed; retrying one by one");
+                    return Ok(None);
+                }
+            }
+        }
+        tx.commit().await.map_err(classify)?;
+        Ok(Some(outcomes))
+    }
+
+    async fn process_one_by_one(&self, events: &[&ParsedEvent]) -> Result<Vec<EventResult>, Transient> {
+        let mut results = Vec::with_capacity(events.len());
+        for ev in events {
+            let mut tx = self.pool.begin().await.map_err(Transient)?;
+            match apply::apply(&mut tx, ev).await {
+                Ok(o) => {
+                    tx.commit().await.map_err(classify)?;
+                    results.push(Ok(o));
+                }
+                Err(e) if is_transient(&e) => return Err(Transient(e)),
+                Err(e) => {
+                    drop(tx);
+                    results.push(Err(format!("database rejected the event: {e}")));
+                }
+            }
+        }
+        Ok(results)
+    }
+}
+
+/// A failed commit: transient or not, nothing was written, so retrying is always safe.
+fn classify(e: sqlx::Error) -> Transient {
+    Transient(e)
+}

@@ -1,0 +1,7 @@
+//! Integration tests against the machine's PostgreSQL and LocalStack: one binary, one module
+//! per area, a fresh database and queue per test.
+
+mod apply;
+mod consumer;
+mod http;
+mod support;
