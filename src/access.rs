@@ -252,9 +252,7 @@ fn current_period(
             (start, end) = (u.period_start, u.period_end);
         }
     }
-    let usage_period_over = usage
-        .and_then(|u| u.period_end)
-        .is_some_and(|e| e <= now);
+    let usage_period_over = usage.and_then(|u| u.period_end).is_some_and(|e| e <= now);
     let Some(e) = end.filter(|e| *e <= now) else {
         return Period {
             start,
@@ -299,9 +297,9 @@ pub fn roll_forward(
         if now < anchor {
             return Some((anchor.checked_sub_months(Months::new(step))?, anchor));
         }
-        // estimate, then correct by at most a step or two either way
-        let elapsed_months = (now.signed_duration_since(anchor).num_days() / 28) / i64::from(step);
-        let mut n = (elapsed_months - 2).max(0);
+        // start from an underestimate (no month is longer than 31 days), then step up
+        let elapsed_months = now.signed_duration_since(anchor).num_days() / 31;
+        let mut n = (elapsed_months / i64::from(step) - 1).max(0);
         while at(n + 1)? <= now {
             n += 1;
         }
@@ -314,11 +312,11 @@ pub fn roll_forward(
         _ => return None,
     };
     if now < anchor {
-        return Some((anchor - step, anchor));
+        return Some((anchor.checked_sub_signed(step)?, anchor));
     }
     let n = i32::try_from((now - anchor).num_seconds() / step.num_seconds()).ok()?;
-    let start = anchor + step * n;
-    Some((start, start + step))
+    let start = anchor.checked_add_signed(step.checked_mul(n)?)?;
+    Some((start, start.checked_add_signed(step)?))
 }
 
 fn number<S: serde::Serializer>(v: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {

@@ -52,7 +52,16 @@ pub async fn apply(conn: &mut PgConnection, ev: &ParsedEvent) -> sqlx::Result<Ou
             Outcome::Duplicate
         });
     }
-    if !store::claim(conn, &ev.dedup_key, &ev.event_type, customer, "applied", None).await? {
+    if !store::claim(
+        conn,
+        &ev.dedup_key,
+        &ev.event_type,
+        customer,
+        "applied",
+        None,
+    )
+    .await?
+    {
         return Ok(Outcome::Duplicate);
     }
     let changed = apply_state(conn, ev).await?;
@@ -77,7 +86,8 @@ async fn apply_state(conn: &mut PgConnection, ev: &ParsedEvent) -> sqlx::Result<
             store::upsert_subscription(conn, s, at, &ev.raw).await
         }
         Event::Entitlements(set) => {
-            if store::ensure_customer(conn, &set.customer, set.version).await? == CustomerGate::Stale
+            if store::ensure_customer(conn, &set.customer, set.version).await?
+                == CustomerGate::Stale
             {
                 return Ok(false);
             }

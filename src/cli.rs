@@ -17,8 +17,12 @@ use crate::processor::Processor;
 use crate::{store, Roles};
 
 #[derive(Parser)]
-#[command(name = "stigg-byos", version, about = "A live replica of your Stigg entitlement data: \
-    consumes Stigg's SQS queue into PostgreSQL and answers /check-access and GraphQL from it.")]
+#[command(
+    name = "stigg-byos",
+    version,
+    about = "A live replica of your Stigg entitlement data: \
+    consumes Stigg's SQS queue into PostgreSQL and answers /check-access and GraphQL from it."
+)]
 pub struct Cli {
     #[command(flatten)]
     pub settings: Settings,
@@ -73,19 +77,51 @@ pub enum DlqCommand {
 pub async fn main(cli: Cli) -> anyhow::Result<()> {
     let settings = cli.settings;
     match cli.command.unwrap_or(Command::Run) {
-        Command::Run => serve_roles(settings, Roles { worker: true, http: true }, true).await,
-        Command::Worker => serve_roles(settings, Roles { worker: true, http: false }, true).await,
-        Command::Serve => serve_roles(settings, Roles { worker: false, http: true }, false).await,
+        Command::Run => {
+            serve_roles(
+                settings,
+                Roles {
+                    worker: true,
+                    http: true,
+                },
+                true,
+            )
+            .await
+        }
+        Command::Worker => {
+            serve_roles(
+                settings,
+                Roles {
+                    worker: true,
+                    http: false,
+                },
+                true,
+            )
+            .await
+        }
+        Command::Serve => {
+            serve_roles(
+                settings,
+                Roles {
+                    worker: false,
+                    http: true,
+                },
+                false,
+            )
+            .await
+        }
         Command::Migrate => {
             crate::connect_and_migrate(&settings, 2, Duration::from_secs(30)).await?;
             eprintln!("migrations applied");
             Ok(())
         }
         Command::Ingest { file } => ingest(&settings, &file).await,
-        Command::Dlq { command: DlqCommand::List } => dlq_list(&settings).await,
-        Command::Dlq { command: DlqCommand::Replay { id, all } } => {
-            dlq_replay(&settings, id.as_deref(), all).await
-        }
+        Command::Dlq {
+            command: DlqCommand::List,
+        } => dlq_list(&settings).await,
+        Command::Dlq {
+            command: DlqCommand::Replay { id, all },
+        } => dlq_replay(&settings, id.as_deref(), all).await,
         Command::Publish { file } => publish(&settings, &file).await,
     }
 }
@@ -158,7 +194,14 @@ async fn ingest(settings: &Settings, file: &str) -> anyhow::Result<()> {
     }
     apply_batch(&processor, &mut batch, &mut counts).await?;
     let summary: Vec<String> = counts.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    println!("ingested: {}", if summary.is_empty() { "nothing".into() } else { summary.join(" ") });
+    println!(
+        "ingested: {}",
+        if summary.is_empty() {
+            "nothing".into()
+        } else {
+            summary.join(" ")
+        }
+    );
     Ok(())
 }
 
@@ -179,7 +222,10 @@ async fn apply_batch(
         match result {
             Ok(o) => *counts.entry(o.as_str()).or_default() += 1,
             Err(reason) => {
-                let source = format!("ingest-{}", &hex::encode(Sha256::digest(ev.raw.to_string()))[..24]);
+                let source = format!(
+                    "ingest-{}",
+                    &hex::encode(Sha256::digest(ev.raw.to_string()))[..24]
+                );
                 eprintln!("{}: dead-lettered as {source}: {reason}", ev.dedup_key);
                 let body = serde_json::to_vec(&ev.raw)?;
                 store::record_dead_letter(
@@ -224,7 +270,8 @@ async fn dlq_list(settings: &Settings) -> anyhow::Result<()> {
             one_field(d.event_message_id.as_deref().unwrap_or("-")),
             one_field(d.event_type.as_deref().unwrap_or("-")),
             one_field(&d.reason),
-            d.first_seen.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            d.first_seen
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         )?;
     }
     Ok(())
@@ -248,9 +295,7 @@ async fn dlq_replay(settings: &Settings, id: Option<&str>, all: bool) -> anyhow:
             Err(e) => Err(e.reason),
             Ok(ev) => {
                 let one = [&ev];
-                let results = (|| processor.process(&one))
-                    .retry(retry_policy())
-                    .await?;
+                let results = (|| processor.process(&one)).retry(retry_policy()).await?;
                 results.into_iter().next().expect("one result per event")
             }
         };

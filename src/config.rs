@@ -25,11 +25,21 @@ pub struct Settings {
 
     /// Stigg server API key. When set, queue credentials come from Stigg's Edge API and are
     /// refreshed before they expire; otherwise the standard AWS credentials chain is used.
-    #[arg(long, env = "STIGG_SERVER_API_KEY", global = true, hide_env_values = true)]
+    #[arg(
+        long,
+        env = "STIGG_SERVER_API_KEY",
+        global = true,
+        hide_env_values = true
+    )]
     pub stigg_server_api_key: Option<String>,
 
     /// Base URL of Stigg's Edge API.
-    #[arg(long, env = "STIGG_EDGE_URL", global = true, default_value = "https://edge.api.stigg.io")]
+    #[arg(
+        long,
+        env = "STIGG_EDGE_URL",
+        global = true,
+        default_value = "https://edge.api.stigg.io"
+    )]
     pub stigg_edge_url: String,
 
     /// Address the HTTP server listens on.
@@ -79,7 +89,10 @@ impl std::fmt::Debug for Settings {
             .field("database_url", &redacted(&self.database_url))
             .field("sqs_queue_url", &self.sqs_queue_url)
             .field("sqs_dlq_url", &self.sqs_dlq_url)
-            .field("stigg_server_api_key", &redacted(&self.stigg_server_api_key))
+            .field(
+                "stigg_server_api_key",
+                &redacted(&self.stigg_server_api_key),
+            )
             .field("stigg_edge_url", &self.stigg_edge_url)
             .field("http_addr", &self.http_addr)
             .field("api_tokens", &redacted(&self.api_tokens))
@@ -139,7 +152,9 @@ impl Settings {
                 self.sqs_visibility_timeout
             ));
         }
-        if self.sqs_dlq_url.as_deref() == self.sqs_queue_url.as_deref() && self.sqs_dlq_url.is_some() {
+        if self.sqs_dlq_url.as_deref() == self.sqs_queue_url.as_deref()
+            && self.sqs_dlq_url.is_some()
+        {
             w.push("SQS_DLQ_URL equals SQS_QUEUE_URL: dead letters would loop".into());
         }
         w

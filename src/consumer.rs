@@ -143,9 +143,15 @@ impl Consumer {
                 drop(held);
             });
         }
-        info!(in_flight = tasks.len(), "shutting down: receiving stopped, draining");
+        info!(
+            in_flight = tasks.len(),
+            "shutting down: receiving stopped, draining"
+        );
         tasks.close();
-        if tokio::time::timeout(self.cfg.visibility, tasks.wait()).await.is_err() {
+        if tokio::time::timeout(self.cfg.visibility, tasks.wait())
+            .await
+            .is_err()
+        {
             warn!("in-flight work outlived the visibility timeout; releasing it");
             hard_stop.cancel();
             let _ = tokio::time::timeout(Duration::from_secs(3), tasks.wait()).await;
@@ -341,7 +347,12 @@ impl Consumer {
 
     /// Records the dead letter, copies it to SQS_DLQ_URL when set. `true` when the message
     /// may be deleted.
-    async fn dead_letter(&self, m: &Message, dl: &DeadLetter, shutdown: &CancellationToken) -> bool {
+    async fn dead_letter(
+        &self,
+        m: &Message,
+        dl: &DeadLetter,
+        shutdown: &CancellationToken,
+    ) -> bool {
         let source_id = m.message_id.as_deref().unwrap_or("-");
         let body = m.body.as_deref().unwrap_or("");
         let mut backoff = db_backoff();
@@ -375,7 +386,10 @@ impl Consumer {
                 .send_message()
                 .queue_url(dlq)
                 .message_body(body)
-                .message_attributes("stigg-byos-reason", string_attr(&truncate(&dl.reason, 1024)))
+                .message_attributes(
+                    "stigg-byos-reason",
+                    string_attr(&truncate(&dl.reason, 1024)),
+                )
                 .message_attributes("stigg-byos-source-message-id", string_attr(source_id));
             if ConsumerConfig::is_fifo(dlq) {
                 let group = m
@@ -384,7 +398,9 @@ impl Consumer {
                     .and_then(|a| a.get(&MessageSystemAttributeName::MessageGroupId))
                     .cloned()
                     .unwrap_or_else(|| "dead-letters".into());
-                send = send.message_group_id(group).message_deduplication_id(source_id);
+                send = send
+                    .message_group_id(group)
+                    .message_deduplication_id(source_id);
             }
             if let Err(e) = send.send().await {
                 error!(error = %aws_sdk_sqs::Error::from(e), sqs_message_id = source_id,
@@ -450,7 +466,12 @@ impl Consumer {
                         if failed.is_empty() {
                             break;
                         }
-                        warn!(failed = failed.len(), ?failed, attempt, "some deletes failed");
+                        warn!(
+                            failed = failed.len(),
+                            ?failed,
+                            attempt,
+                            "some deletes failed"
+                        );
                         telemetry::delete_error(failed.len() as u64);
                         pending.retain(|e| failed.contains_key(&e.id));
                     }

@@ -52,7 +52,11 @@ pub fn pool(settings: &Settings, max_connections: u32) -> anyhow::Result<PgPool>
 
 /// Connects and applies the migrations, retrying while the database is unreachable
 /// (at most `patience`).
-pub async fn connect_and_migrate(settings: &Settings, max_connections: u32, patience: Duration) -> anyhow::Result<PgPool> {
+pub async fn connect_and_migrate(
+    settings: &Settings,
+    max_connections: u32,
+    patience: Duration,
+) -> anyhow::Result<PgPool> {
     let pool = pool(settings, max_connections)?;
     let deadline = tokio::time::Instant::now() + patience;
     loop {

@@ -63,7 +63,10 @@ impl Processor {
         };
         let per_event = started.elapsed().as_secs_f64() / events.len().max(1) as f64;
         for r in &results {
-            telemetry::processed(r.as_ref().map(|o| o.as_str()).unwrap_or("failed"), per_event);
+            telemetry::processed(
+                r.as_ref().map(|o| o.as_str()).unwrap_or("failed"),
+                per_event,
+            );
         }
         Ok(results)
     }
@@ -89,7 +92,10 @@ impl Processor {
         Ok(Some(outcomes))
     }
 
-    async fn process_one_by_one(&self, events: &[&ParsedEvent]) -> Result<Vec<EventResult>, Transient> {
+    async fn process_one_by_one(
+        &self,
+        events: &[&ParsedEvent],
+    ) -> Result<Vec<EventResult>, Transient> {
         let mut results = Vec::with_capacity(events.len());
         for ev in events {
             let mut tx = self.pool.begin().await.map_err(Transient)?;

@@ -14,7 +14,8 @@ use crate::config::Settings;
 /// Builds the client once. The region falls back to the one in the queue URL, then us-east-1.
 pub async fn client(settings: &Settings) -> aws_sdk_sqs::Client {
     let mut loader = aws_config::defaults(BehaviorVersion::latest());
-    if std::env::var_os("AWS_REGION").is_none() && std::env::var_os("AWS_DEFAULT_REGION").is_none() {
+    if std::env::var_os("AWS_REGION").is_none() && std::env::var_os("AWS_DEFAULT_REGION").is_none()
+    {
         let region = settings
             .sqs_queue_url
             .as_deref()
@@ -23,11 +24,8 @@ pub async fn client(settings: &Settings) -> aws_sdk_sqs::Client {
         loader = loader.region(Region::new(region));
     }
     if let (Some(key), Some(queue)) = (&settings.stigg_server_api_key, &settings.sqs_queue_url) {
-        loader = loader.credentials_provider(EdgeCredentials::new(
-            &settings.stigg_edge_url,
-            key,
-            queue,
-        ));
+        loader =
+            loader.credentials_provider(EdgeCredentials::new(&settings.stigg_edge_url, key, queue));
     }
     aws_sdk_sqs::Client::new(&loader.load().await)
 }
@@ -94,7 +92,10 @@ impl EdgeCredentials {
         let response = self
             .http
             .get(&self.url)
-            .query(&[("queueUrl", self.queue_url.as_str()), ("durationSeconds", &duration)])
+            .query(&[
+                ("queueUrl", self.queue_url.as_str()),
+                ("durationSeconds", &duration),
+            ])
             .header("X-API-KEY", &self.api_key)
             .send()
             .await
@@ -166,6 +167,9 @@ mod tests {
             region_from_queue_url("https://sqs.eu-west-1.amazonaws.com/1234/q").as_deref(),
             Some("eu-west-1")
         );
-        assert_eq!(region_from_queue_url("http://127.0.0.1:4566/000000000000/q"), None);
+        assert_eq!(
+            region_from_queue_url("http://127.0.0.1:4566/000000000000/q"),
+            None
+        );
     }
 }

@@ -130,7 +130,8 @@ pub async fn ensure_customer(
     ))
 }
 
-/// `customer.created` / `customer.updated`. `true` when it changed the row.
+/// `customer.created` / `customer.updated`. `true` when it changed the row. A placeholder
+/// (made from an embedded copy: no `raw`, no version) counts as never seen (§7.4).
 pub async fn upsert_customer(
     conn: &mut PgConnection,
     c: &Customer,
@@ -144,7 +145,7 @@ pub async fn upsert_customer(
              name = EXCLUDED.name, email = EXCLUDED.email, billing_id = EXCLUDED.billing_id,
              metadata = EXCLUDED.metadata, raw = EXCLUDED.raw, version = EXCLUDED.version,
              is_deleted = false, updated_at = now()
-         WHERE ($7::timestamptz IS NULL AND customers.version IS NULL
+         WHERE ($7::timestamptz IS NULL AND customers.raw IS NULL
                     AND customers.deleted_at IS NULL)
             OR ($7::timestamptz IS NOT NULL
                 AND (customers.version IS NULL OR $7 > customers.version)
@@ -177,7 +178,7 @@ pub async fn delete_customer(
              is_deleted = true, deleted_at = EXCLUDED.deleted_at, version = EXCLUDED.version,
              name = NULL, email = NULL, billing_id = NULL, metadata = NULL, raw = NULL,
              updated_at = now()
-         WHERE ($2::timestamptz IS NULL AND customers.version IS NULL
+         WHERE ($2::timestamptz IS NULL AND customers.raw IS NULL
                     AND customers.deleted_at IS NULL)
             OR ($2::timestamptz IS NOT NULL
                 AND (customers.version IS NULL OR $2 >= customers.version)
@@ -206,10 +207,12 @@ pub async fn delete_customer(
     .fetch_one(&mut *conn)
     .await?;
     if survivors {
-        sqlx::query("UPDATE customers SET is_deleted = false, version = NULL WHERE customer_id = $1")
-            .bind(id)
-            .execute(&mut *conn)
-            .await?;
+        sqlx::query(
+            "UPDATE customers SET is_deleted = false, version = NULL WHERE customer_id = $1",
+        )
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
     }
     Ok(true)
 }
@@ -261,7 +264,10 @@ pub async fn upsert_subscription(
 }
 
 /// `entitlements.updated`: replaces the whole set of (customer, resource) when newer.
-pub async fn replace_entitlements(conn: &mut PgConnection, set: &EntitlementSet) -> sqlx::Result<bool> {
+pub async fn replace_entitlements(
+    conn: &mut PgConnection,
+    set: &EntitlementSet,
+) -> sqlx::Result<bool> {
     let key = resource_key(set.resource_id.as_deref());
     let row = sqlx::query(
         "INSERT INTO entitlement_sets (customer_id, resource_key, version, entitlements)

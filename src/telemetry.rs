@@ -15,9 +15,16 @@ pub fn setup_tracing(format: LogFormat) {
     let registry = tracing_subscriber::registry().with(filter);
     let _ = match format {
         LogFormat::Json => registry
-            .with(fmt::layer().json().with_current_span(true).with_writer(std::io::stderr))
+            .with(
+                fmt::layer()
+                    .json()
+                    .with_current_span(true)
+                    .with_writer(std::io::stderr),
+            )
             .try_init(),
-        LogFormat::Text => registry.with(fmt::layer().with_writer(std::io::stderr)).try_init(),
+        LogFormat::Text => registry
+            .with(fmt::layer().with_writer(std::io::stderr))
+            .try_init(),
     };
 }
 
@@ -52,8 +59,14 @@ fn describe() {
     );
     metrics::describe_counter!("stigg_byos_receive_errors_total", "Failed SQS receives");
     metrics::describe_counter!("stigg_byos_delete_errors_total", "Failed SQS deletes");
-    metrics::describe_gauge!("stigg_byos_in_flight", "Messages received and not yet finished");
-    metrics::describe_counter!("stigg_byos_check_access_total", "Access decisions by result");
+    metrics::describe_gauge!(
+        "stigg_byos_in_flight",
+        "Messages received and not yet finished"
+    );
+    metrics::describe_counter!(
+        "stigg_byos_check_access_total",
+        "Access decisions by result"
+    );
     metrics::describe_histogram!("stigg_byos_check_access_seconds", "Access decision latency");
 }
 

@@ -56,11 +56,19 @@ mod tests {
     #[test]
     fn usage_rules() {
         assert!(usage_supersedes(Some((Some(t(5)), 10.0)), Some(t(5)), 11.0));
-        assert!(!usage_supersedes(Some((Some(t(5)), 10.0)), Some(t(5)), 10.0));
+        assert!(!usage_supersedes(
+            Some((Some(t(5)), 10.0)),
+            Some(t(5)),
+            10.0
+        ));
         assert!(!usage_supersedes(Some((Some(t(5)), 10.0)), Some(t(5)), 9.0));
         // a newer, lower value wins (a FLUCTUATING meter goes down)
         assert!(usage_supersedes(Some((Some(t(5)), 10.0)), Some(t(6)), 1.0));
-        assert!(!usage_supersedes(Some((Some(t(5)), 10.0)), Some(t(4)), 99.0));
+        assert!(!usage_supersedes(
+            Some((Some(t(5)), 10.0)),
+            Some(t(4)),
+            99.0
+        ));
         assert!(!usage_supersedes(Some((None, 10.0)), None, 99.0));
     }
 

@@ -1026,12 +1026,10 @@ fn roll_forward_month_jan_31_anchor_in_leap_year() {
     );
 }
 
-// BUG (src/access.rs, roll_forward MONTH/YEAR): the first candidate period index is
-// estimated as `days / 28 / step - 2` and then only ever corrected upwards. A month is
-// ~30.4 days, so for anchors more than ~2 years (MONTH) or ~23 years (YEAR) before `now` the
-// estimate overshoots and the returned period starts after `now`. Here: anchor
-// 2023-03-31, now 2026-11-27 -> returns (2026-12-31, 2027-01-31) instead of
-// (2026-10-31, 2026-11-30).
+// Regression: roll_forward once estimated the period index as `days / 28 / step - 2` and
+// only corrected upwards, so anchors more than ~2 years (MONTH) / ~23 years (YEAR) before
+// `now` got a period starting after `now` (here (2026-12-31, 2027-01-31)). Fixed in
+// src/access.rs by estimating with 31-day months.
 #[test]
 fn roll_forward_month_anchor_years_before_now() {
     assert_eq!(
@@ -1040,8 +1038,7 @@ fn roll_forward_month_anchor_years_before_now() {
     );
 }
 
-// BUG (same as above, YEAR step): anchor 2000-01-01, now 2026-11-27 -> returns
-// (2027-01-01, 2028-01-01) instead of (2026-01-01, 2027-01-01).
+// Regression (same fix, YEAR step): used to return (2027-01-01, 2028-01-01).
 #[test]
 fn roll_forward_year_anchor_decades_before_now() {
     assert_eq!(
@@ -1050,8 +1047,8 @@ fn roll_forward_year_anchor_decades_before_now() {
     );
 }
 
-// BUG (same root cause, seen through decide): a monthly subscription that started on
-// 2023-03-31 reports a usage period that has not begun yet.
+// Regression (same fix, seen through decide): a monthly subscription that started on
+// 2023-03-31 used to report a usage period that had not begun yet.
 #[test]
 fn expired_period_rolls_forward_by_month_from_anchor_years_ago() {
     check_expired_rolls_forward(
@@ -1114,6 +1111,15 @@ fn roll_forward_now_on_a_boundary_starts_the_new_period() {
 fn roll_forward_unknown_reset_period_is_none() {
     assert_eq!(roll_forward(day(2026, 1, 1), "FORTNIGHT", now()), None);
     assert_eq!(roll_forward(day(2026, 1, 1), "", now()), None);
+}
+
+// Regression: the fixed-step branch once used unchecked `start + step` and panicked within
+// one step of DateTime::MAX_UTC / MIN_UTC instead of returning None.
+#[test]
+fn roll_forward_near_max_time_returns_none_instead_of_panicking() {
+    let max = DateTime::<Utc>::MAX_UTC;
+    let got = std::panic::catch_unwind(|| roll_forward(max - Duration::minutes(30), "HOUR", max));
+    assert!(got.is_ok(), "roll_forward panicked near DateTime::MAX_UTC");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1594,9 +1600,8 @@ proptest! {
 
     /// (d) For MONTH/YEAR: start <= now < end, the period is one calendar step long, and
     /// both bounds keep the anchor's time of day.
-    // BUG (src/access.rs, roll_forward MONTH/YEAR): fails for anchors more than ~2 years
-    // (MONTH) / ~23 years (YEAR) before `now`: the returned period starts after `now`.
-    // See roll_forward_month_anchor_years_before_now.
+    // Found the 28-day-estimate regression above (minimal case: anchor 2000-01-01,
+    // now 2002-06-15, MONTH -> [2002-07-01, 2002-08-01)).
     #[test]
     fn prop_roll_forward_calendar_steps_contain_now(
         anchor in anchor_2000_2030(),

@@ -250,8 +250,8 @@ impl ParseError {
 
 /// Parses one message body (the event JSON, or an SNS notification holding it).
 pub fn parse(body: &[u8]) -> Result<ParsedEvent, ParseError> {
-    let text =
-        std::str::from_utf8(body).map_err(|e| ParseError::bare(format!("body is not UTF-8: {e}")))?;
+    let text = std::str::from_utf8(body)
+        .map_err(|e| ParseError::bare(format!("body is not UTF-8: {e}")))?;
     let value: Value = serde_json::from_str(text)
         .map_err(|e| ParseError::bare(format!("body is not JSON: {e}")))?;
     let (value, hash_source) = match unwrap_sns(value)? {
@@ -324,8 +324,8 @@ fn parse_object(obj: Map<String, Value>, hash_source: &str) -> Result<ParsedEven
         .unwrap_or_else(|| format!("sha256:{}", hex::encode(Sha256::digest(hash_source))));
 
     let raw = Value::Object(obj);
-    let event = typed_event(&event_type, &raw, timestamp)
-        .map_err(|e| err(format!("{event_type}: {e}")))?;
+    let event =
+        typed_event(&event_type, &raw, timestamp).map_err(|e| err(format!("{event_type}: {e}")))?;
     Ok(ParsedEvent {
         event_type,
         dedup_key,
@@ -419,7 +419,10 @@ impl HasIds for Measurement {
     }
 }
 
-fn entitlement_set(raw: &Value, timestamp: Option<DateTime<Utc>>) -> Result<EntitlementSet, String> {
+fn entitlement_set(
+    raw: &Value,
+    timestamp: Option<DateTime<Utc>>,
+) -> Result<EntitlementSet, String> {
     #[derive(Deserialize)]
     #[serde(rename_all = "camelCase")]
     struct Wire {
@@ -434,7 +437,11 @@ fn entitlement_set(raw: &Value, timestamp: Option<DateTime<Utc>>) -> Result<Enti
     if wire.customer.id.trim().is_empty() {
         return Err("customer.id is empty".into());
     }
-    if wire.resource.as_ref().is_some_and(|r| r.id.trim().is_empty()) {
+    if wire
+        .resource
+        .as_ref()
+        .is_some_and(|r| r.id.trim().is_empty())
+    {
         return Err("resource.id is empty".into());
     }
     // A feature listed twice keeps its last entry, as a JSON object keeps its last key.

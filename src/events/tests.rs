@@ -28,11 +28,15 @@ fn fixtures_parse_into_their_types() {
         Event::CustomerDeleted(_)
     ));
     let s = parse(fixture("subscription.created").as_bytes()).unwrap();
-    let Event::Subscription(sub) = s.event else { panic!() };
+    let Event::Subscription(sub) = s.event else {
+        panic!()
+    };
     assert_eq!(sub.customer.id, "cust-orbit");
     assert_eq!(sub.status.as_deref(), Some("ACTIVE"));
     let m = parse(fixture("measurement.reported").as_bytes()).unwrap();
-    let Event::Measurement(m) = m.event else { panic!() };
+    let Event::Measurement(m) = m.event else {
+        panic!()
+    };
     assert_eq!(m.current_usage, 9650.0);
     assert!(matches!(
         parse(fixture("promo").as_bytes()).unwrap().event,
@@ -47,7 +51,9 @@ fn fixtures_parse_into_their_types() {
 #[test]
 fn entitlement_set_version_is_entitlements_updated_at() {
     let e = parse(fixture("entitlements.updated").as_bytes()).unwrap();
-    let Event::Entitlements(set) = e.event else { panic!() };
+    let Event::Entitlements(set) = e.event else {
+        panic!()
+    };
     assert_eq!(set.entitlements.len(), 7);
     assert_eq!(set.resource_id, None);
     assert_eq!(
@@ -55,7 +61,9 @@ fn entitlement_set_version_is_entitlements_updated_at() {
         "2026-11-02T10:00:00+00:00"
     );
     let r = parse(fixture("entitlements.updated.resource").as_bytes()).unwrap();
-    let Event::Entitlements(set) = r.event else { panic!() };
+    let Event::Entitlements(set) = r.event else {
+        panic!()
+    };
     assert_eq!(set.resource_id.as_deref(), Some("site-blue"));
 }
 
@@ -63,10 +71,17 @@ fn entitlement_set_version_is_entitlements_updated_at() {
 fn entitlement_set_without_updated_at_uses_timestamp_then_nothing() {
     let with_ts = json!({"type":"entitlements.updated","messageId":"m","timestamp":"2026-01-01T00:00:00Z",
         "customer":{"id":"c"},"resource":null,"entitlements":[]});
-    let Event::Entitlements(set) = parse(with_ts.to_string().as_bytes()).unwrap().event else { panic!() };
-    assert_eq!(set.version.unwrap().to_rfc3339(), "2026-01-01T00:00:00+00:00");
+    let Event::Entitlements(set) = parse(with_ts.to_string().as_bytes()).unwrap().event else {
+        panic!()
+    };
+    assert_eq!(
+        set.version.unwrap().to_rfc3339(),
+        "2026-01-01T00:00:00+00:00"
+    );
     let no_time = json!({"type":"entitlements.updated","messageId":"m","customer":{"id":"c"},"entitlements":[]});
-    let Event::Entitlements(set) = parse(no_time.to_string().as_bytes()).unwrap().event else { panic!() };
+    let Event::Entitlements(set) = parse(no_time.to_string().as_bytes()).unwrap().event else {
+        panic!()
+    };
     assert_eq!(set.version, None);
 }
 
@@ -75,7 +90,9 @@ fn sns_envelope_is_unwrapped() {
     let e = parse(fixture("sns").as_bytes()).unwrap();
     assert_eq!(e.event_type, "customer.updated");
     assert_eq!(e.dedup_key, "0d6c0f6e-1a2b-4c3d-8e9f-000000000102");
-    assert!(matches!(e.event, Event::CustomerUpsert(ref c) if c.name.as_deref() == Some("Orbit Labs Inc.")));
+    assert!(
+        matches!(e.event, Event::CustomerUpsert(ref c) if c.name.as_deref() == Some("Orbit Labs Inc."))
+    );
 }
 
 #[test]
@@ -129,7 +146,9 @@ fn a_feature_listed_twice_keeps_its_last_entry() {
     let e = json!({"type":"entitlements.updated","messageId":"m","customer":{"id":"c"},
         "entitlements":[{"feature":{"id":"f","featureType":"NUMBER"},"usageLimit":1},
                         {"feature":{"id":"f","featureType":"NUMBER"},"usageLimit":2}]});
-    let Event::Entitlements(set) = parse(e.to_string().as_bytes()).unwrap().event else { panic!() };
+    let Event::Entitlements(set) = parse(e.to_string().as_bytes()).unwrap().event else {
+        panic!()
+    };
     assert_eq!(set.entitlements.len(), 1);
     assert_eq!(set.entitlements[0].usage_limit, Some(2.0));
 }
@@ -143,7 +162,9 @@ mod props {
             Just(Value::Null),
             any::<bool>().prop_map(Value::Bool),
             any::<i64>().prop_map(|n| json!(n)),
-            any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(|f| json!(f)),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(|f| json!(f)),
             "[a-zA-Z0-9._-]{0,12}".prop_map(Value::String),
         ];
         leaf.prop_recursive(4, 64, 8, |inner| {

@@ -23,7 +23,9 @@ pub fn parse_time(value: &serde_json::Value) -> Result<Option<DateTime<Utc>>, St
 fn parse_time_str(s: &str) -> Result<DateTime<Utc>, String> {
     let t = s.trim();
     if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
-        let ms: i64 = t.parse().map_err(|_| format!("time {t:?} is out of range"))?;
+        let ms: i64 = t
+            .parse()
+            .map_err(|_| format!("time {t:?} is out of range"))?;
         return from_millis(ms);
     }
     DateTime::parse_from_rfc3339(t)
@@ -62,11 +64,17 @@ mod tests {
     #[test]
     fn accepts_rfc3339_with_any_fraction_and_offset() {
         let a = parse_time(&json!("2026-11-02T10:00:00Z")).unwrap().unwrap();
-        let b = parse_time(&json!("2026-11-02T10:00:00.000000Z")).unwrap().unwrap();
-        let c = parse_time(&json!("2026-11-02T12:00:00+02:00")).unwrap().unwrap();
+        let b = parse_time(&json!("2026-11-02T10:00:00.000000Z"))
+            .unwrap()
+            .unwrap();
+        let c = parse_time(&json!("2026-11-02T12:00:00+02:00"))
+            .unwrap()
+            .unwrap();
         assert_eq!(a, b);
         assert_eq!(a, c);
-        let d = parse_time(&json!("2026-11-02T10:00:00.123456789Z")).unwrap().unwrap();
+        let d = parse_time(&json!("2026-11-02T10:00:00.123456789Z"))
+            .unwrap()
+            .unwrap();
         assert!(d > a);
     }
 

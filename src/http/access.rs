@@ -14,7 +14,10 @@ use super::{ApiError, AppState};
 use crate::access::{decide, AccessRequest};
 use crate::{store, telemetry};
 
-pub async fn check_access(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+pub async fn check_access(
+    State(state): State<AppState>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let started = Instant::now();
     let request = parse_request(&body).map_err(ApiError::bad_request)?;
     let stored = store::load_access(
@@ -61,7 +64,10 @@ pub fn parse_request(body: &[u8]) -> Result<AccessRequest, String> {
     let requested_usage = match obj.get("requestedUsage") {
         None | Some(Value::Null) => 0.0,
         Some(Value::Number(n)) => {
-            let f = n.as_f64().filter(|f| f.is_finite()).ok_or("requestedUsage is out of range")?;
+            let f = n
+                .as_f64()
+                .filter(|f| f.is_finite())
+                .ok_or("requestedUsage is out of range")?;
             if f < 0.0 {
                 return Err("requestedUsage must not be negative".into());
             }
@@ -113,13 +119,31 @@ mod tests {
             (&b"{"[..], "not valid JSON"),
             (b"[]", "JSON object"),
             (b"{\"featureId\":\"f\"}", "customerId is required"),
-            (b"{\"customerId\":\"\",\"featureId\":\"f\"}", "customerId must not be empty"),
-            (b"{\"customerId\":1,\"featureId\":\"f\"}", "customerId must be a string"),
+            (
+                b"{\"customerId\":\"\",\"featureId\":\"f\"}",
+                "customerId must not be empty",
+            ),
+            (
+                b"{\"customerId\":1,\"featureId\":\"f\"}",
+                "customerId must be a string",
+            ),
             (b"{\"customerId\":\"c\"}", "featureId is required"),
-            (b"{\"customerId\":\"c\",\"featureId\":\"f\",\"requestedUsage\":\"5\"}", "must be a number"),
-            (b"{\"customerId\":\"c\",\"featureId\":\"f\",\"requestedUsage\":-1}", "negative"),
-            (b"{\"customerId\":\"c\",\"featureId\":\"f\",\"requestedValues\":[1]}", "list of strings"),
-            (b"{\"customerId\":\"c\",\"featureId\":\"f\",\"requestedValues\":\"us\"}", "list of strings"),
+            (
+                b"{\"customerId\":\"c\",\"featureId\":\"f\",\"requestedUsage\":\"5\"}",
+                "must be a number",
+            ),
+            (
+                b"{\"customerId\":\"c\",\"featureId\":\"f\",\"requestedUsage\":-1}",
+                "negative",
+            ),
+            (
+                b"{\"customerId\":\"c\",\"featureId\":\"f\",\"requestedValues\":[1]}",
+                "list of strings",
+            ),
+            (
+                b"{\"customerId\":\"c\",\"featureId\":\"f\",\"requestedValues\":\"us\"}",
+                "list of strings",
+            ),
         ] {
             let err = parse_request(body).unwrap_err();
             assert!(err.contains(needle), "{err:?} lacks {needle:?}");

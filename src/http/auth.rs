@@ -10,7 +10,11 @@ use subtle::ConstantTimeEq;
 
 use super::{ApiError, AppState};
 
-pub async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub async fn require_token(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
     if state.tokens.is_empty() || token_ok(&state.tokens, &request) {
         return next.run(request).await;
     }
@@ -19,9 +23,10 @@ pub async fn require_token(State(state): State<AppState>, request: Request, next
         message: "missing or invalid bearer token".into(),
     }
     .into_response();
-    response
-        .headers_mut()
-        .insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("valid header"));
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        "Bearer".parse().expect("valid header"),
+    );
     response
 }
 

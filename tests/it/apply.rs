@@ -63,7 +63,10 @@ async fn every_fixture_applies() {
         assert_eq!(apply_one(&pool, fixture(name)).await, expected, "{name}");
     }
     assert_eq!(count(&pool, "SELECT count(*) FROM inbox").await, 10);
-    assert_eq!(count(&pool, "SELECT count(*) FROM customers WHERE is_deleted").await, 1);
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM customers WHERE is_deleted").await,
+        1
+    );
     assert_eq!(count(&pool, "SELECT count(*) FROM subscriptions").await, 0);
     assert_eq!(count(&pool, "SELECT count(*) FROM entitlements").await, 0);
     assert_eq!(count(&pool, "SELECT count(*) FROM usage").await, 0);
@@ -82,14 +85,36 @@ async fn state_after_the_story_is_what_the_events_say() {
     ] {
         apply_one(&pool, fixture(name)).await;
     }
-    assert_eq!(customer_name(&pool, "cust-orbit").await, Some(Some("Orbit Labs Inc.".into())));
-    assert_eq!(usage(&pool, "cust-orbit", "feature-api-calls").await, Some(9650.0));
-    assert_eq!(count(&pool, "SELECT count(*) FROM entitlements WHERE resource_key = ''").await, 7);
-    assert_eq!(count(&pool, "SELECT count(*) FROM entitlements WHERE resource_key = 'site-blue'").await, 2);
-    let status: String = sqlx::query_scalar("SELECT status FROM subscriptions WHERE subscription_id = 'sub-orbit-pro-8d21'")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    assert_eq!(
+        customer_name(&pool, "cust-orbit").await,
+        Some(Some("Orbit Labs Inc.".into()))
+    );
+    assert_eq!(
+        usage(&pool, "cust-orbit", "feature-api-calls").await,
+        Some(9650.0)
+    );
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM entitlements WHERE resource_key = ''"
+        )
+        .await,
+        7
+    );
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM entitlements WHERE resource_key = 'site-blue'"
+        )
+        .await,
+        2
+    );
+    let status: String = sqlx::query_scalar(
+        "SELECT status FROM subscriptions WHERE subscription_id = 'sub-orbit-pro-8d21'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
     assert_eq!(status, "ACTIVE");
 }
 
@@ -98,22 +123,55 @@ async fn a_duplicate_message_id_changes_nothing() {
     let (pool, _) = migrated_pool().await;
     apply_one(&pool, fixture("customer.created")).await;
     // same messageId, different content: still a duplicate
-    let dup = event("customer.created", &[("name", json!("Changed")), ("timestamp", json!("2027-01-01T00:00:00Z"))]);
+    let dup = event(
+        "customer.created",
+        &[
+            ("name", json!("Changed")),
+            ("timestamp", json!("2027-01-01T00:00:00Z")),
+        ],
+    );
     assert_eq!(apply_one(&pool, dup).await, Outcome::Duplicate);
-    assert_eq!(customer_name(&pool, "cust-orbit").await, Some(Some("Orbit Labs".into())));
+    assert_eq!(
+        customer_name(&pool, "cust-orbit").await,
+        Some(Some("Orbit Labs".into()))
+    );
     // a duplicate of a set inside one batch
-    let outcomes = apply_all(&pool, &[fixture("entitlements.updated"), fixture("entitlements.updated")]).await;
+    let outcomes = apply_all(
+        &pool,
+        &[
+            fixture("entitlements.updated"),
+            fixture("entitlements.updated"),
+        ],
+    )
+    .await;
     assert_eq!(outcomes, vec![Outcome::Applied, Outcome::Duplicate]);
 }
 
 #[tokio::test]
 async fn stale_customer_update_is_ignored_in_either_order() {
     let (pool, _) = migrated_pool().await;
-    let older = event("customer.updated", &[("messageId", json!("a")), ("name", json!("Old")), ("timestamp", json!("2026-10-02T00:00:00Z"))]);
-    let newer = event("customer.updated", &[("messageId", json!("b")), ("name", json!("New")), ("timestamp", json!("2026-10-03T00:00:00Z"))]);
+    let older = event(
+        "customer.updated",
+        &[
+            ("messageId", json!("a")),
+            ("name", json!("Old")),
+            ("timestamp", json!("2026-10-02T00:00:00Z")),
+        ],
+    );
+    let newer = event(
+        "customer.updated",
+        &[
+            ("messageId", json!("b")),
+            ("name", json!("New")),
+            ("timestamp", json!("2026-10-03T00:00:00Z")),
+        ],
+    );
     assert_eq!(apply_one(&pool, newer).await, Outcome::Applied);
     assert_eq!(apply_one(&pool, older).await, Outcome::Stale);
-    assert_eq!(customer_name(&pool, "cust-orbit").await, Some(Some("New".into())));
+    assert_eq!(
+        customer_name(&pool, "cust-orbit").await,
+        Some(Some("New".into()))
+    );
     let outcome: String = sqlx::query_scalar("SELECT outcome FROM inbox WHERE message_id = 'a'")
         .fetch_one(&pool)
         .await
@@ -143,84 +201,190 @@ async fn stale_entitlement_set_is_ignored_and_a_newer_one_replaces_the_whole_set
         &[
             ("messageId", json!("new")),
             ("entitlementsUpdatedAt", json!("2026-11-05T00:00:00Z")),
-            ("entitlements", json!([{"feature": {"id": "feature-sso", "featureType": "BOOLEAN"}}])),
+            (
+                "entitlements",
+                json!([{"feature": {"id": "feature-sso", "featureType": "BOOLEAN"}}]),
+            ),
         ],
     );
     assert_eq!(apply_one(&pool, newer).await, Outcome::Applied);
     // the fixture is older: its 7 features must not come back, nor its usage overwrite
-    assert_eq!(apply_one(&pool, fixture("entitlements.updated")).await, Outcome::Applied);
+    assert_eq!(
+        apply_one(&pool, fixture("entitlements.updated")).await,
+        Outcome::Applied
+    );
     assert_eq!(count(&pool, "SELECT count(*) FROM entitlements").await, 1);
     // usage it carried is a usage report at its own time: applies where never seen
-    assert_eq!(usage(&pool, "cust-orbit", "feature-api-calls").await, Some(9200.0));
+    assert_eq!(
+        usage(&pool, "cust-orbit", "feature-api-calls").await,
+        Some(9200.0)
+    );
 }
 
 #[tokio::test]
 async fn usage_newest_time_wins_and_ties_go_to_the_higher_value() {
     let (pool, _) = migrated_pool().await;
     let m = |id: &str, at: &str, value: f64| {
-        event("measurement.reported", &[("messageId", json!(id)), ("timestamp", json!(at)), ("currentUsage", json!(value))])
+        event(
+            "measurement.reported",
+            &[
+                ("messageId", json!(id)),
+                ("timestamp", json!(at)),
+                ("currentUsage", json!(value)),
+            ],
+        )
     };
-    assert_eq!(apply_one(&pool, m("1", "2026-11-03T10:00:00Z", 500.0)).await, Outcome::Applied);
-    assert_eq!(apply_one(&pool, m("2", "2026-11-03T09:00:00Z", 900.0)).await, Outcome::Stale);
-    assert_eq!(usage(&pool, "cust-orbit", "feature-api-calls").await, Some(500.0));
+    assert_eq!(
+        apply_one(&pool, m("1", "2026-11-03T10:00:00Z", 500.0)).await,
+        Outcome::Applied
+    );
+    assert_eq!(
+        apply_one(&pool, m("2", "2026-11-03T09:00:00Z", 900.0)).await,
+        Outcome::Stale
+    );
+    assert_eq!(
+        usage(&pool, "cust-orbit", "feature-api-calls").await,
+        Some(500.0)
+    );
     // a newer, lower value wins (fluctuating meters go down)
-    assert_eq!(apply_one(&pool, m("3", "2026-11-03T11:00:00Z", 100.0)).await, Outcome::Applied);
-    assert_eq!(usage(&pool, "cust-orbit", "feature-api-calls").await, Some(100.0));
+    assert_eq!(
+        apply_one(&pool, m("3", "2026-11-03T11:00:00Z", 100.0)).await,
+        Outcome::Applied
+    );
+    assert_eq!(
+        usage(&pool, "cust-orbit", "feature-api-calls").await,
+        Some(100.0)
+    );
     // equal time: the higher value wins, the lower is stale
-    assert_eq!(apply_one(&pool, m("4", "2026-11-03T11:00:00Z", 150.0)).await, Outcome::Applied);
-    assert_eq!(apply_one(&pool, m("5", "2026-11-03T11:00:00Z", 120.0)).await, Outcome::Stale);
-    assert_eq!(usage(&pool, "cust-orbit", "feature-api-calls").await, Some(150.0));
+    assert_eq!(
+        apply_one(&pool, m("4", "2026-11-03T11:00:00Z", 150.0)).await,
+        Outcome::Applied
+    );
+    assert_eq!(
+        apply_one(&pool, m("5", "2026-11-03T11:00:00Z", 120.0)).await,
+        Outcome::Stale
+    );
+    assert_eq!(
+        usage(&pool, "cust-orbit", "feature-api-calls").await,
+        Some(150.0)
+    );
     // usage inside an older entitlement set does not overwrite a newer report
     apply_one(&pool, fixture("entitlements.updated")).await;
-    assert_eq!(usage(&pool, "cust-orbit", "feature-api-calls").await, Some(150.0));
+    assert_eq!(
+        usage(&pool, "cust-orbit", "feature-api-calls").await,
+        Some(150.0)
+    );
 }
 
 #[tokio::test]
 async fn subscription_before_customer_makes_a_placeholder_the_customer_event_fills_in() {
     let (pool, _) = migrated_pool().await;
-    assert_eq!(apply_one(&pool, fixture("subscription.created")).await, Outcome::Applied);
-    assert_eq!(customer_name(&pool, "cust-orbit").await, Some(Some("Orbit Labs".into())));
+    assert_eq!(
+        apply_one(&pool, fixture("subscription.created")).await,
+        Outcome::Applied
+    );
+    assert_eq!(
+        customer_name(&pool, "cust-orbit").await,
+        Some(Some("Orbit Labs".into()))
+    );
     let version: Option<chrono::DateTime<chrono::Utc>> =
-        sqlx::query_scalar("SELECT version FROM customers").fetch_one(&pool).await.unwrap();
+        sqlx::query_scalar("SELECT version FROM customers")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
     assert_eq!(version, None, "a placeholder has no version");
     // an older customer.created still fills the placeholder in
-    let created = event("customer.created", &[("name", json!("Orbit (from customer.created)"))]);
+    let created = event(
+        "customer.created",
+        &[("name", json!("Orbit (from customer.created)"))],
+    );
     assert_eq!(apply_one(&pool, created).await, Outcome::Applied);
-    assert_eq!(customer_name(&pool, "cust-orbit").await, Some(Some("Orbit (from customer.created)".into())));
+    assert_eq!(
+        customer_name(&pool, "cust-orbit").await,
+        Some(Some("Orbit (from customer.created)".into()))
+    );
     // an embedded copy never overwrites it
     apply_one(&pool, fixture("measurement.reported")).await;
-    assert_eq!(customer_name(&pool, "cust-orbit").await, Some(Some("Orbit (from customer.created)".into())));
+    assert_eq!(
+        customer_name(&pool, "cust-orbit").await,
+        Some(Some("Orbit (from customer.created)".into()))
+    );
 }
 
 #[tokio::test]
 async fn delete_then_late_update_stays_deleted_and_a_newer_create_revives() {
     let (pool, _) = migrated_pool().await;
-    for name in ["customer.created", "subscription.created", "entitlements.updated", "measurement.reported"] {
+    for name in [
+        "customer.created",
+        "subscription.created",
+        "entitlements.updated",
+        "measurement.reported",
+    ] {
         apply_one(&pool, fixture(name)).await;
     }
-    assert_eq!(apply_one(&pool, fixture("customer.deleted")).await, Outcome::Applied);
+    assert_eq!(
+        apply_one(&pool, fixture("customer.deleted")).await,
+        Outcome::Applied
+    );
     assert_eq!(customer_name(&pool, "cust-orbit").await, None);
-    assert_eq!(count(&pool, "SELECT count(*) FROM customers WHERE is_deleted AND name IS NULL AND email IS NULL").await, 1,
-        "the tombstone keeps no personal data");
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM customers WHERE is_deleted AND name IS NULL AND email IS NULL"
+        )
+        .await,
+        1,
+        "the tombstone keeps no personal data"
+    );
     // older than the deletion: all stale
-    assert_eq!(apply_one(&pool, fixture("customer.updated")).await, Outcome::Stale);
-    let late_usage = event("measurement.reported", &[("messageId", json!("late-m")), ("timestamp", json!("2026-11-19T00:00:00Z"))]);
+    assert_eq!(
+        apply_one(&pool, fixture("customer.updated")).await,
+        Outcome::Stale
+    );
+    let late_usage = event(
+        "measurement.reported",
+        &[
+            ("messageId", json!("late-m")),
+            ("timestamp", json!("2026-11-19T00:00:00Z")),
+        ],
+    );
     assert_eq!(apply_one(&pool, late_usage).await, Outcome::Stale);
     assert_eq!(customer_name(&pool, "cust-orbit").await, None);
     assert_eq!(count(&pool, "SELECT count(*) FROM usage").await, 0);
     // newer than the deletion: brings it back
-    let revived = event("customer.created", &[("messageId", json!("again")), ("timestamp", json!("2026-11-21T00:00:00Z"))]);
+    let revived = event(
+        "customer.created",
+        &[
+            ("messageId", json!("again")),
+            ("timestamp", json!("2026-11-21T00:00:00Z")),
+        ],
+    );
     assert_eq!(apply_one(&pool, revived).await, Outcome::Applied);
-    assert_eq!(customer_name(&pool, "cust-orbit").await, Some(Some("Orbit Labs".into())));
+    assert_eq!(
+        customer_name(&pool, "cust-orbit").await,
+        Some(Some("Orbit Labs".into()))
+    );
 }
 
 #[tokio::test]
 async fn deleting_a_never_seen_customer_leaves_a_tombstone() {
     let (pool, _) = migrated_pool().await;
-    assert_eq!(apply_one(&pool, fixture("customer.deleted")).await, Outcome::Applied);
-    assert_eq!(apply_one(&pool, fixture("customer.created")).await, Outcome::Stale);
-    assert_eq!(apply_one(&pool, fixture("subscription.created")).await, Outcome::Stale);
-    assert_eq!(count(&pool, "SELECT count(*) FROM customers WHERE NOT is_deleted").await, 0);
+    assert_eq!(
+        apply_one(&pool, fixture("customer.deleted")).await,
+        Outcome::Applied
+    );
+    assert_eq!(
+        apply_one(&pool, fixture("customer.created")).await,
+        Outcome::Stale
+    );
+    assert_eq!(
+        apply_one(&pool, fixture("subscription.created")).await,
+        Outcome::Stale
+    );
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM customers WHERE NOT is_deleted").await,
+        0
+    );
 }
 
 #[tokio::test]
@@ -233,9 +397,18 @@ async fn events_without_time_apply_only_to_unseen_keys() {
         v["name"] = json!(name);
         v.to_string()
     };
-    assert_eq!(apply_one(&pool, no_time("n1", "First")).await, Outcome::Applied);
-    assert_eq!(apply_one(&pool, no_time("n2", "Second")).await, Outcome::Stale);
-    assert_eq!(customer_name(&pool, "cust-orbit").await, Some(Some("First".into())));
+    assert_eq!(
+        apply_one(&pool, no_time("n1", "First")).await,
+        Outcome::Applied
+    );
+    assert_eq!(
+        apply_one(&pool, no_time("n2", "Second")).await,
+        Outcome::Stale
+    );
+    assert_eq!(
+        customer_name(&pool, "cust-orbit").await,
+        Some(Some("First".into()))
+    );
     // an entitlement set with neither entitlementsUpdatedAt nor timestamp (§7.18)
     let mut set = fixture_json("entitlements.updated");
     set.as_object_mut().unwrap().remove("timestamp");
@@ -250,32 +423,58 @@ async fn events_without_time_apply_only_to_unseen_keys() {
 #[tokio::test]
 async fn sns_envelope_and_unknown_types() {
     let (pool, _) = migrated_pool().await;
-    assert_eq!(apply_one(&pool, fixture("sns-wrapped.customer.updated")).await, Outcome::Applied);
-    assert_eq!(customer_name(&pool, "cust-orbit").await, Some(Some("Orbit Labs Inc.".into())));
-    let unknown = json!({"type": "galaxy.exploded", "messageId": "u1", "customer": {"id": "x"}}).to_string();
+    assert_eq!(
+        apply_one(&pool, fixture("sns-wrapped.customer.updated")).await,
+        Outcome::Applied
+    );
+    assert_eq!(
+        customer_name(&pool, "cust-orbit").await,
+        Some(Some("Orbit Labs Inc.".into()))
+    );
+    let unknown =
+        json!({"type": "galaxy.exploded", "messageId": "u1", "customer": {"id": "x"}}).to_string();
     assert_eq!(apply_one(&pool, unknown.clone()).await, Outcome::Skipped);
     assert_eq!(apply_one(&pool, unknown).await, Outcome::Duplicate);
-    let payload: serde_json::Value = sqlx::query_scalar("SELECT payload FROM inbox WHERE message_id = 'u1'")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let payload: serde_json::Value =
+        sqlx::query_scalar("SELECT payload FROM inbox WHERE message_id = 'u1'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
     assert_eq!(payload["type"], "galaxy.exploded");
 }
 
 #[tokio::test]
 async fn one_bad_event_does_not_roll_back_its_batch() {
     let (pool, _) = migrated_pool().await;
-    let parsed: Vec<_> = [fixture("customer.created"), unindexable_subscription("bad"), fixture("customer.updated")]
-        .iter()
-        .map(|b| events::parse(b.as_bytes()).unwrap())
-        .collect();
+    let parsed: Vec<_> = [
+        fixture("customer.created"),
+        unindexable_subscription("bad"),
+        fixture("customer.updated"),
+    ]
+    .iter()
+    .map(|b| events::parse(b.as_bytes()).unwrap())
+    .collect();
     let refs: Vec<_> = parsed.iter().collect();
     let results = Processor::new(pool.clone()).process(&refs).await.unwrap();
     assert_eq!(results[0], Ok(Outcome::Applied));
-    assert!(results[1].as_ref().unwrap_err().contains("database rejected"), "{:?}", results[1]);
+    assert!(
+        results[1]
+            .as_ref()
+            .unwrap_err()
+            .contains("database rejected"),
+        "{:?}",
+        results[1]
+    );
     assert_eq!(results[2], Ok(Outcome::Applied));
-    assert_eq!(customer_name(&pool, "cust-orbit").await, Some(Some("Orbit Labs Inc.".into())));
-    assert_eq!(count(&pool, "SELECT count(*) FROM inbox").await, 2, "the failed event is not claimed");
+    assert_eq!(
+        customer_name(&pool, "cust-orbit").await,
+        Some(Some("Orbit Labs Inc.".into()))
+    );
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM inbox").await,
+        2,
+        "the failed event is not claimed"
+    );
 }
 
 /// Shuffled streams with duplicates end at the newest version of every key, whatever the
@@ -287,10 +486,33 @@ async fn shuffled_streams_converge_to_the_newest_versions() {
     let mut bodies = Vec::new();
     for i in 0..30 {
         let at = format!("2026-11-03T10:{:02}:00Z", i);
-        bodies.push(event("measurement.reported", &[("messageId", json!(format!("m{i}"))), ("timestamp", json!(at)), ("currentUsage", json!(i * 10))]));
-        bodies.push(event("customer.updated", &[("messageId", json!(format!("c{i}"))), ("timestamp", json!(at)), ("name", json!(format!("name {i}")))]));
-        bodies.push(event("entitlements.updated", &[("messageId", json!(format!("e{i}"))), ("entitlementsUpdatedAt", json!(at)),
-            ("entitlements", json!([{"feature": {"id": format!("f{i}"), "featureType": "BOOLEAN"}}]))]));
+        bodies.push(event(
+            "measurement.reported",
+            &[
+                ("messageId", json!(format!("m{i}"))),
+                ("timestamp", json!(at)),
+                ("currentUsage", json!(i * 10)),
+            ],
+        ));
+        bodies.push(event(
+            "customer.updated",
+            &[
+                ("messageId", json!(format!("c{i}"))),
+                ("timestamp", json!(at)),
+                ("name", json!(format!("name {i}"))),
+            ],
+        ));
+        bodies.push(event(
+            "entitlements.updated",
+            &[
+                ("messageId", json!(format!("e{i}"))),
+                ("entitlementsUpdatedAt", json!(at)),
+                (
+                    "entitlements",
+                    json!([{"feature": {"id": format!("f{i}"), "featureType": "BOOLEAN"}}]),
+                ),
+            ],
+        ));
     }
     let dups: Vec<String> = bodies.iter().step_by(7).cloned().collect();
     bodies.extend(dups);
@@ -298,9 +520,18 @@ async fn shuffled_streams_converge_to_the_newest_versions() {
     for chunk in bodies.chunks(10) {
         apply_all(&pool, chunk).await;
     }
-    assert_eq!(usage(&pool, "cust-orbit", "feature-api-calls").await, Some(290.0));
-    assert_eq!(customer_name(&pool, "cust-orbit").await, Some(Some("name 29".into())));
-    let features: Vec<String> = sqlx::query_scalar("SELECT feature_id FROM entitlements").fetch_all(&pool).await.unwrap();
+    assert_eq!(
+        usage(&pool, "cust-orbit", "feature-api-calls").await,
+        Some(290.0)
+    );
+    assert_eq!(
+        customer_name(&pool, "cust-orbit").await,
+        Some(Some("name 29".into()))
+    );
+    let features: Vec<String> = sqlx::query_scalar("SELECT feature_id FROM entitlements")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
     assert_eq!(features, vec!["f29".to_string()]);
     assert_eq!(count(&pool, "SELECT count(*) FROM inbox").await, 90);
 }

@@ -11,13 +11,23 @@ use stigg_byos::Roles;
 
 use crate::support::*;
 
-const BOTH: Roles = Roles { worker: true, http: true };
+const BOTH: Roles = Roles {
+    worker: true,
+    http: true,
+};
 
 async fn start_worker(pool: &PgPool, url: &str, queue: &str, extra: &[&str]) -> App {
     let mut args = vec![
-        "--database-url", url, "--sqs-queue-url", queue, "--sqs-wait-seconds", "1",
-        "--sqs-visibility-timeout", "10",
+        "--database-url",
+        url,
+        "--sqs-queue-url",
+        queue,
+        "--sqs-wait-seconds",
+        "1",
     ];
+    if !extra.contains(&"--sqs-visibility-timeout") {
+        args.extend(["--sqs-visibility-timeout", "10"]);
+    }
     args.extend_from_slice(extra);
     spawn_app(settings(&args), pool.clone(), BOTH).await
 }
@@ -31,8 +41,14 @@ async fn applies_the_story_from_the_queue_and_deletes_it() {
     let (pool, url) = migrated_pool().await;
     let sqs = sqs().await;
     let queue = fresh_queue(&sqs, false).await;
-    for name in ["customer.created", "subscription.created", "entitlements.updated",
-                 "measurement.reported", "sns-wrapped.customer.updated", "promotionalEntitlement.granted"] {
+    for name in [
+        "customer.created",
+        "subscription.created",
+        "entitlements.updated",
+        "measurement.reported",
+        "sns-wrapped.customer.updated",
+        "promotionalEntitlement.granted",
+    ] {
         send(&sqs, &queue, &fixture(name)).await;
     }
     send(&sqs, &queue, &fixture("customer.created")).await; // a duplicate
@@ -41,10 +57,19 @@ async fn applies_the_story_from_the_queue_and_deletes_it() {
         count(&pool, "SELECT count(*) FROM inbox").await == 6 && drained(&sqs, &queue).await
     })
     .await;
-    let usage: f64 = sqlx::query_scalar("SELECT current_usage FROM usage WHERE feature_id = 'feature-api-calls'")
-        .fetch_one(&pool).await.unwrap();
+    let usage: f64 = sqlx::query_scalar(
+        "SELECT current_usage FROM usage WHERE feature_id = 'feature-api-calls'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
     assert_eq!(usage, 9650.0);
-    let metrics = reqwest::get(format!("{}/metrics", app.base)).await.unwrap().text().await.unwrap();
+    let metrics = reqwest::get(format!("{}/metrics", app.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(metrics.contains("stigg_byos_messages_total"), "{metrics}");
     app.stop().await;
 }
@@ -60,38 +85,90 @@ async fn malformed_messages_are_dead_lettered_with_their_reason_and_copied_to_th
     let wrong = send(&sqs, &queue, r#"{"type":"measurement.reported","messageId":"m-wrong","customer":{"id":"c"},"feature":{"id":"f"},"currentUsage":"lots"}"#).await;
     let unknown = send(&sqs, &queue, r#"{"type":"brand.new","messageId":"m-new"}"#).await;
     let app = start_worker(&pool, &url, &queue, &["--sqs-dlq-url", &dlq]).await;
-    eventually(Duration::from_secs(30), "3 dead letters and the queue drained", || async {
-        count(&pool, "SELECT count(*) FROM dead_letters").await == 3 && drained(&sqs, &queue).await
-    })
+    eventually(
+        Duration::from_secs(30),
+        "3 dead letters and the queue drained",
+        || async {
+            count(&pool, "SELECT count(*) FROM dead_letters").await == 3
+                && drained(&sqs, &queue).await
+        },
+    )
     .await;
-    let rows: Vec<(String, Option<String>, Option<String>, String)> = sqlx::query_as(
-        "SELECT source_id, event_message_id, event_type, reason FROM dead_letters")
-        .fetch_all(&pool).await.unwrap();
-    let find = |id: &str| rows.iter().find(|r| r.0 == id).unwrap_or_else(|| panic!("{id} not dead-lettered: {rows:?}"));
+    let rows: Vec<(String, Option<String>, Option<String>, String)> =
+        sqlx::query_as("SELECT source_id, event_message_id, event_type, reason FROM dead_letters")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let find = |id: &str| {
+        rows.iter()
+            .find(|r| r.0 == id)
+            .unwrap_or_else(|| panic!("{id} not dead-lettered: {rows:?}"))
+    };
     assert!(find(&not_json).3.contains("not JSON"));
     assert!(find(&no_type).3.contains("no \"type\""));
     assert_eq!(find(&no_type).1.as_deref(), Some("m-no-type"));
     let w = find(&wrong);
     assert_eq!(w.2.as_deref(), Some("measurement.reported"));
-    assert!(w.3.contains("currentUsage") || w.3.contains("invalid type"), "{}", w.3);
-    assert!(rows.iter().all(|r| r.0 != unknown), "unknown types are skipped, not dead-lettered");
-    assert_eq!(count(&pool, "SELECT count(*) FROM inbox WHERE outcome = 'skipped'").await, 1);
+    assert!(
+        w.3.contains("currentUsage") || w.3.contains("invalid type"),
+        "{}",
+        w.3
+    );
+    assert!(
+        rows.iter().all(|r| r.0 != unknown),
+        "unknown types are skipped, not dead-lettered"
+    );
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM inbox WHERE outcome = 'skipped'"
+        )
+        .await,
+        1
+    );
 
     // the copies on the DLQ: original body, reason and source id attributes
     let mut copies = Vec::new();
     for _ in 0..10 {
-        let out = sqs.receive_message().queue_url(&dlq).max_number_of_messages(10)
-            .message_attribute_names("All").wait_time_seconds(1).send().await.unwrap();
+        let out = sqs
+            .receive_message()
+            .queue_url(&dlq)
+            .max_number_of_messages(10)
+            .message_attribute_names("All")
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .unwrap();
         copies.extend(out.messages.unwrap_or_default());
-        if copies.len() >= 3 { break; }
+        if copies.len() >= 3 {
+            break;
+        }
     }
     assert_eq!(copies.len(), 3);
-    let copy = copies.iter().find(|m| m.body.as_deref() == Some("this is not json")).expect("body unchanged");
+    let copy = copies
+        .iter()
+        .find(|m| m.body.as_deref() == Some("this is not json"))
+        .expect("body unchanged");
     let attrs = copy.message_attributes.as_ref().unwrap();
-    assert_eq!(attrs["stigg-byos-source-message-id"].string_value.as_deref(), Some(not_json.as_str()));
-    assert!(attrs["stigg-byos-reason"].string_value.as_deref().unwrap().contains("not JSON"));
+    assert_eq!(
+        attrs["stigg-byos-source-message-id"]
+            .string_value
+            .as_deref(),
+        Some(not_json.as_str())
+    );
+    assert!(attrs["stigg-byos-reason"]
+        .string_value
+        .as_deref()
+        .unwrap()
+        .contains("not JSON"));
     // the process kept running
-    assert_eq!(reqwest::get(format!("{}/readyz", app.base)).await.unwrap().status(), 200);
+    assert_eq!(
+        reqwest::get(format!("{}/readyz", app.base))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     app.stop().await;
 }
 
@@ -103,15 +180,31 @@ async fn a_message_that_keeps_failing_is_dead_lettered_after_max_receive_count()
     let id = send(&sqs, &queue, &unindexable_subscription("m-poison")).await;
     send(&sqs, &queue, &fixture("customer.created")).await;
     let app = start_worker(&pool, &url, &queue, &["--max-receive-count", "2"]).await;
-    eventually(Duration::from_secs(40), "the poison message dead-lettered", || async {
-        count(&pool, "SELECT count(*) FROM dead_letters").await == 1 && drained(&sqs, &queue).await
-    })
+    eventually(
+        Duration::from_secs(40),
+        "the poison message dead-lettered",
+        || async {
+            count(&pool, "SELECT count(*) FROM dead_letters").await == 1
+                && drained(&sqs, &queue).await
+        },
+    )
     .await;
-    let (reason, attempts): (String, i32) = sqlx::query_as("SELECT reason, attempts FROM dead_letters WHERE source_id = $1")
-        .bind(&id).fetch_one(&pool).await.unwrap();
+    let (reason, attempts): (String, i32) =
+        sqlx::query_as("SELECT reason, attempts FROM dead_letters WHERE source_id = $1")
+            .bind(&id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
     assert!(reason.contains("receive 2 of 2"), "{reason}");
     assert_eq!(attempts, 1);
-    assert_eq!(count(&pool, "SELECT count(*) FROM customers WHERE customer_id = 'cust-orbit'").await, 1);
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM customers WHERE customer_id = 'cust-orbit'"
+        )
+        .await,
+        1
+    );
     app.stop().await;
 }
 
@@ -133,7 +226,10 @@ async fn fifo_queue_keeps_order_within_a_group() {
         count(&pool, "SELECT count(*) FROM inbox").await == 5
     })
     .await;
-    let name: String = sqlx::query_scalar("SELECT name FROM customers").fetch_one(&pool).await.unwrap();
+    let name: String = sqlx::query_scalar("SELECT name FROM customers")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     assert_eq!(name, "name 0");
     app.stop().await;
 }
@@ -149,10 +245,20 @@ async fn a_database_outage_is_retried_and_nothing_is_lost_or_dead_lettered() {
         .unwrap();
     let sqs = sqs().await;
     let queue = fresh_queue(&sqs, false).await;
-    let app = start_worker(&proxied, &proxied_url, &queue, &["--sqs-visibility-timeout", "4"]).await;
+    let app = start_worker(
+        &proxied,
+        &proxied_url,
+        &queue,
+        &["--sqs-visibility-timeout", "4"],
+    )
+    .await;
     let client = reqwest::Client::new();
     eventually(Duration::from_secs(10), "ready", || async {
-        client.get(format!("{}/readyz", app.base)).send().await.is_ok_and(|r| r.status() == 200)
+        client
+            .get(format!("{}/readyz", app.base))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
     })
     .await;
     proxy.cut();
@@ -163,11 +269,27 @@ async fn a_database_outage_is_retried_and_nothing_is_lost_or_dead_lettered() {
             "feature": {"id": "f"}, "currentUsage": i});
         send(&sqs, &queue, &body.to_string()).await;
     }
-    eventually(Duration::from_secs(10), "readyz 503 during the cut", || async {
-        client.get(format!("{}/readyz", app.base)).send().await.is_ok_and(|r| r.status() == 503)
-    })
+    eventually(
+        Duration::from_secs(10),
+        "readyz 503 during the cut",
+        || async {
+            client
+                .get(format!("{}/readyz", app.base))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 503)
+        },
+    )
     .await;
-    assert_eq!(client.get(format!("{}/healthz", app.base)).send().await.unwrap().status(), 200);
+    assert_eq!(
+        client
+            .get(format!("{}/healthz", app.base))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     // longer than the visibility timeout: held messages must be kept invisible by the worker
     tokio::time::sleep(Duration::from_secs(6)).await;
     proxy.restore();
@@ -176,12 +298,18 @@ async fn a_database_outage_is_retried_and_nothing_is_lost_or_dead_lettered() {
     })
     .await;
     eventually(Duration::from_secs(10), "ready again", || async {
-        client.get(format!("{}/readyz", app.base)).send().await.is_ok_and(|r| r.status() == 200)
+        client
+            .get(format!("{}/readyz", app.base))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
     })
     .await;
     assert_eq!(count(&pool, "SELECT count(*) FROM dead_letters").await, 0);
     let top: f64 = sqlx::query_scalar("SELECT current_usage FROM usage WHERE customer_id = 'c3'")
-        .fetch_one(&pool).await.unwrap();
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     assert_eq!(top, 39.0);
     app.stop().await;
 }
@@ -194,17 +322,29 @@ async fn queue_credentials_come_from_the_edge_api_when_a_key_is_set() {
     use std::sync::{Arc, Mutex};
 
     type Seen = Arc<Mutex<Vec<(Option<String>, HashMap<String, String>)>>>;
-    async fn creds(State(seen): State<Seen>, headers: HeaderMap, Query(q): Query<HashMap<String, String>>) -> axum::Json<Value> {
-        let key = headers.get("x-api-key").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    async fn creds(
+        State(seen): State<Seen>,
+        headers: HeaderMap,
+        Query(q): Query<HashMap<String, String>>,
+    ) -> axum::Json<Value> {
+        let key = headers
+            .get("x-api-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         seen.lock().unwrap().push((key, q));
         let expiration = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
-        axum::Json(json!({"accessKeyId": "AKIDEDGE", "secretAccessKey": "secret", "sessionToken": "token", "expiration": expiration}))
+        axum::Json(
+            json!({"accessKeyId": "AKIDEDGE", "secretAccessKey": "secret", "sessionToken": "token", "expiration": expiration}),
+        )
     }
     let seen: Seen = Arc::default();
     let edge = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let edge_url = format!("http://{}", edge.local_addr().unwrap());
     let router = axum::Router::new()
-        .route("/v1/credentials/event-queue.json", axum::routing::get(creds))
+        .route(
+            "/v1/credentials/event-queue.json",
+            axum::routing::get(creds),
+        )
         .with_state(seen.clone());
     tokio::spawn(async move { axum::serve(edge, router).await.unwrap() });
 
@@ -212,10 +352,23 @@ async fn queue_credentials_come_from_the_edge_api_when_a_key_is_set() {
     let sqs = sqs().await;
     let queue = fresh_queue(&sqs, false).await;
     send(&sqs, &queue, &fixture("customer.created")).await;
-    let app = start_worker(&pool, &url, &queue, &["--stigg-server-api-key", "server-key-1", "--stigg-edge-url", &edge_url]).await;
-    eventually(Duration::from_secs(30), "applied with Edge credentials", || async {
-        count(&pool, "SELECT count(*) FROM inbox").await == 1
-    })
+    let app = start_worker(
+        &pool,
+        &url,
+        &queue,
+        &[
+            "--stigg-server-api-key",
+            "server-key-1",
+            "--stigg-edge-url",
+            &edge_url,
+        ],
+    )
+    .await;
+    eventually(
+        Duration::from_secs(30),
+        "applied with Edge credentials",
+        || async { count(&pool, "SELECT count(*) FROM inbox").await == 1 },
+    )
     .await;
     let calls = seen.lock().unwrap().clone();
     assert!(!calls.is_empty());
@@ -246,33 +399,82 @@ async fn sigterm_drains_and_exits_zero_and_a_restart_loses_nothing() {
     let queue = fresh_queue(&sqs, false).await;
     let n = 300;
     for chunk in (0..n).collect::<Vec<_>>().chunks(10) {
-        let entries: Vec<_> = chunk.iter().map(|i| {
-            let body = json!({"type": "measurement.reported", "messageId": format!("s{i}"),
+        let entries: Vec<_> = chunk
+            .iter()
+            .map(|i| {
+                let body = json!({"type": "measurement.reported", "messageId": format!("s{i}"),
                 "timestamp": format!("2026-11-03T10:{:02}:{:02}Z", i / 60, i % 60),
-                "customer": {"id": format!("c{}", i % 7)}, "feature": {"id": "f"}, "currentUsage": i});
-            aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder().id(i.to_string()).message_body(body.to_string()).build().unwrap()
-        }).collect();
-        sqs.send_message_batch().queue_url(&queue).set_entries(Some(entries)).send().await.unwrap();
+                "customer": {"id": format!("c{i}")}, "feature": {"id": "f"}, "currentUsage": i});
+                aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .message_body(body.to_string())
+                    .build()
+                    .unwrap()
+            })
+            .collect();
+        sqs.send_message_batch()
+            .queue_url(&queue)
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .unwrap();
     }
-    let mut child = command(&url, &queue).arg("worker").env("SQS_VISIBILITY_TIMEOUT", "20")
-        .stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut child = command(&url, &queue)
+        .arg("worker")
+        .env("SQS_VISIBILITY_TIMEOUT", "20")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     eventually(Duration::from_secs(30), "some applied", || async {
         count(&pool, "SELECT count(*) FROM inbox").await > 20
-    }).await;
+    })
+    .await;
     let pid = child.id().unwrap() as i32;
     // SAFETY-free: kill(2) through the shell's tool, no libc dependency
-    std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status().unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(25), child.wait()).await
-        .expect("exits within the visibility timeout + 5 s").unwrap();
+    std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(25), child.wait())
+        .await
+        .expect("exits within the visibility timeout + 5 s")
+        .unwrap();
     assert_eq!(status.code(), Some(0));
-    let mut child = command(&url, &queue).arg("worker").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-    eventually(Duration::from_secs(60), "all applied after restart", || async {
-        count(&pool, "SELECT count(*) FROM inbox").await == n && drained(&sqs, &queue).await
-    }).await;
-    std::process::Command::new("kill").arg("-TERM").arg(child.id().unwrap().to_string()).status().unwrap();
+    let mut child = command(&url, &queue)
+        .arg("worker")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    eventually(
+        Duration::from_secs(60),
+        "all applied after restart",
+        || async {
+            count(&pool, "SELECT count(*) FROM inbox").await == n && drained(&sqs, &queue).await
+        },
+    )
+    .await;
+    std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().unwrap().to_string())
+        .status()
+        .unwrap();
     assert_eq!(child.wait().await.unwrap().code(), Some(0));
-    assert_eq!(count(&pool, "SELECT count(*) FROM inbox WHERE outcome <> 'applied'").await, 0, "each applied exactly once");
-    let top: f64 = sqlx::query_scalar("SELECT max(current_usage) FROM usage").fetch_one(&pool).await.unwrap();
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM inbox WHERE outcome <> 'applied'"
+        )
+        .await,
+        0,
+        "each applied exactly once"
+    );
+    let top: f64 = sqlx::query_scalar("SELECT max(current_usage) FROM usage")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     assert_eq!(top, (n - 1) as f64);
 }
 
@@ -288,12 +490,28 @@ async fn ingest_dlq_list_and_replay_through_the_binary() {
         fixture_json("subscription.created").to_string(),
     ];
     std::fs::write(&file, lines.join("\n")).unwrap();
-    let out = command(&url, "unused").arg("ingest").arg(&file).output().await.unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = command(&url, "unused")
+        .arg("ingest")
+        .arg(&file)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("applied=2") && stdout.contains("dead_lettered=2"), "{stdout}");
+    assert!(
+        stdout.contains("applied=2") && stdout.contains("dead_lettered=2"),
+        "{stdout}"
+    );
 
-    let out = command(&url, "unused").args(["dlq", "list"]).output().await.unwrap();
+    let out = command(&url, "unused")
+        .args(["dlq", "list"])
+        .output()
+        .await
+        .unwrap();
     assert!(out.status.success());
     let listing = String::from_utf8(out.stdout).unwrap();
     let rows: Vec<Vec<&str>> = listing.lines().map(|l| l.split('\t').collect()).collect();
@@ -302,25 +520,49 @@ async fn ingest_dlq_list_and_replay_through_the_binary() {
     let bad = rows.iter().find(|r| r[1] == "m-bad").expect("m-bad listed");
     assert_eq!(bad[2], "customer.updated");
     assert!(chrono::DateTime::parse_from_rfc3339(bad[4]).is_ok());
-    let garbage = rows.iter().find(|r| r[1] == "-").expect("the non-JSON line");
+    let garbage = rows
+        .iter()
+        .find(|r| r[1] == "-")
+        .expect("the non-JSON line");
     assert_eq!(garbage[2], "-");
 
     // still malformed: replay fails, the letter stays
-    let out = command(&url, "unused").args(["dlq", "replay", bad[0]]).output().await.unwrap();
+    let out = command(&url, "unused")
+        .args(["dlq", "replay", bad[0]])
+        .output()
+        .await
+        .unwrap();
     assert!(!out.status.success());
     assert_eq!(count(&pool, "SELECT count(*) FROM dead_letters").await, 2);
-    let out = command(&url, "unused").args(["dlq", "replay", "no-such-id"]).output().await.unwrap();
+    let out = command(&url, "unused")
+        .args(["dlq", "replay", "no-such-id"])
+        .output()
+        .await
+        .unwrap();
     assert!(!out.status.success());
 
     // a letter whose cause is gone replays and disappears
     sqlx::query("UPDATE dead_letters SET body = $1 WHERE source_id = $2")
         .bind(fixture_json("customer.updated").to_string().into_bytes())
         .bind(bad[0])
-        .execute(&pool).await.unwrap();
-    let out = command(&url, "unused").args(["dlq", "replay", bad[0]]).output().await.unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        .execute(&pool)
+        .await
+        .unwrap();
+    let out = command(&url, "unused")
+        .args(["dlq", "replay", bad[0]])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("applied"));
     assert_eq!(count(&pool, "SELECT count(*) FROM dead_letters").await, 1);
-    let name: String = sqlx::query_scalar("SELECT name FROM customers").fetch_one(&pool).await.unwrap();
+    let name: String = sqlx::query_scalar("SELECT name FROM customers")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     assert_eq!(name, "Orbit Labs Inc.");
 }

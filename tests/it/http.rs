@@ -9,7 +9,10 @@ use stigg_byos::Roles;
 
 use crate::support::*;
 
-const HTTP_ONLY: Roles = Roles { worker: false, http: true };
+const HTTP_ONLY: Roles = Roles {
+    worker: false,
+    http: true,
+};
 
 async fn story(pool: &PgPool) {
     let bodies: Vec<String> = [
@@ -21,7 +24,10 @@ async fn story(pool: &PgPool) {
     .iter()
     .map(|n| fixture(n))
     .collect();
-    let parsed: Vec<_> = bodies.iter().map(|b| events::parse(b.as_bytes()).unwrap()).collect();
+    let parsed: Vec<_> = bodies
+        .iter()
+        .map(|b| events::parse(b.as_bytes()).unwrap())
+        .collect();
     let refs: Vec<_> = parsed.iter().collect();
     Processor::new(pool.clone()).process(&refs).await.unwrap();
 }
@@ -54,49 +60,126 @@ async fn decisions_for_every_kind_of_entitlement() {
     assert_eq!(b["accessDeniedReason"], Value::Null);
     assert_eq!(b["requestedUsage"], json!(0));
 
-    let (s, b) = check(&app, json!({"customerId": c, "featureId": "feature-max-projects"})).await;
+    let (s, b) = check(
+        &app,
+        json!({"customerId": c, "featureId": "feature-max-projects"}),
+    )
+    .await;
     assert_eq!(s, 200);
     assert_eq!(b["value"], json!(25));
 
-    let (s, b) = check(&app, json!({"customerId": c, "featureId": "feature-api-calls", "requestedUsage": 800})).await;
+    let (s, b) = check(
+        &app,
+        json!({"customerId": c, "featureId": "feature-api-calls", "requestedUsage": 800}),
+    )
+    .await;
     assert_eq!(s, 200, "{b}");
     assert_eq!(b["currentUsage"], json!(9200));
     assert_eq!(b["usageLimit"], json!(10000));
     assert_eq!(b["resetPeriod"], json!("MONTH"));
-    let (s, b) = check(&app, json!({"customerId": c, "featureId": "feature-api-calls", "requestedUsage": 801})).await;
+    let (s, b) = check(
+        &app,
+        json!({"customerId": c, "featureId": "feature-api-calls", "requestedUsage": 801}),
+    )
+    .await;
     assert_eq!(s, 403);
-    assert_eq!(b["accessDeniedReason"], json!("RequestedUsageExceedingLimit"));
+    assert_eq!(
+        b["accessDeniedReason"],
+        json!("RequestedUsageExceedingLimit")
+    );
 
-    let (s, _) = check(&app, json!({"customerId": c, "featureId": "feature-storage-gb", "requestedUsage": 1e9})).await;
+    let (s, _) = check(
+        &app,
+        json!({"customerId": c, "featureId": "feature-storage-gb", "requestedUsage": 1e9}),
+    )
+    .await;
     assert_eq!(s, 200);
-    let (s, b) = check(&app, json!({"customerId": c, "featureId": "feature-emails", "requestedUsage": 10})).await;
+    let (s, b) = check(
+        &app,
+        json!({"customerId": c, "featureId": "feature-emails", "requestedUsage": 10}),
+    )
+    .await;
     assert_eq!(s, 200);
     assert_eq!(b["hasSoftLimit"], json!(true));
 
-    let (s, b) = check(&app, json!({"customerId": c, "featureId": "feature-region", "requestedValues": ["eu"]})).await;
+    let (s, b) = check(
+        &app,
+        json!({"customerId": c, "featureId": "feature-region", "requestedValues": ["eu"]}),
+    )
+    .await;
     assert_eq!(s, 200);
     assert_eq!(b["enumValues"], json!(["us", "eu"]));
-    let (s, b) = check(&app, json!({"customerId": c, "featureId": "feature-region", "requestedValues": ["ap"]})).await;
-    assert_eq!((s, &b["accessDeniedReason"]), (403, &json!("RequestedValuesMismatch")));
+    let (s, b) = check(
+        &app,
+        json!({"customerId": c, "featureId": "feature-region", "requestedValues": ["ap"]}),
+    )
+    .await;
+    assert_eq!(
+        (s, &b["accessDeniedReason"]),
+        (403, &json!("RequestedValuesMismatch"))
+    );
 
     let (s, b) = check(&app, json!({"customerId": c, "featureId": "feature-nope"})).await;
-    assert_eq!((s, &b["accessDeniedReason"]), (403, &json!("NoFeatureEntitlementInSubscription")));
-    let (s, b) = check(&app, json!({"customerId": "nobody", "featureId": "feature-sso"})).await;
-    assert_eq!((s, &b["accessDeniedReason"]), (403, &json!("CustomerNotFound")));
+    assert_eq!(
+        (s, &b["accessDeniedReason"]),
+        (403, &json!("NoFeatureEntitlementInSubscription"))
+    );
+    let (s, b) = check(
+        &app,
+        json!({"customerId": "nobody", "featureId": "feature-sso"}),
+    )
+    .await;
+    assert_eq!(
+        (s, &b["accessDeniedReason"]),
+        (403, &json!("CustomerNotFound"))
+    );
 
     // resources look at their own set only
-    let (s, b) = check(&app, json!({"customerId": c, "featureId": "feature-custom-domain", "resourceId": "site-blue"})).await;
+    let (s, b) = check(
+        &app,
+        json!({"customerId": c, "featureId": "feature-custom-domain", "resourceId": "site-blue"}),
+    )
+    .await;
     assert_eq!(s, 200, "{b}");
     let (s, b) = check(&app, json!({"customerId": c, "featureId": "feature-page-views", "resourceId": "site-blue", "requestedUsage": 1})).await;
-    assert_eq!((s, &b["accessDeniedReason"]), (403, &json!("RequestedUsageExceedingLimit")));
-    let (s, b) = check(&app, json!({"customerId": c, "featureId": "feature-sso", "resourceId": "site-blue"})).await;
-    assert_eq!((s, &b["accessDeniedReason"]), (403, &json!("NoFeatureEntitlementInSubscription")));
-    let (s, b) = check(&app, json!({"customerId": c, "featureId": "feature-sso", "resourceId": "site-red"})).await;
-    assert_eq!((s, &b["accessDeniedReason"]), (403, &json!("CustomerResourceNotFound")));
+    assert_eq!(
+        (s, &b["accessDeniedReason"]),
+        (403, &json!("RequestedUsageExceedingLimit"))
+    );
+    let (s, b) = check(
+        &app,
+        json!({"customerId": c, "featureId": "feature-sso", "resourceId": "site-blue"}),
+    )
+    .await;
+    assert_eq!(
+        (s, &b["accessDeniedReason"]),
+        (403, &json!("NoFeatureEntitlementInSubscription"))
+    );
+    let (s, b) = check(
+        &app,
+        json!({"customerId": c, "featureId": "feature-sso", "resourceId": "site-red"}),
+    )
+    .await;
+    assert_eq!(
+        (s, &b["accessDeniedReason"]),
+        (403, &json!("CustomerResourceNotFound"))
+    );
 
     let keys: Vec<&str> = b.as_object().unwrap().keys().map(String::as_str).collect();
-    for k in ["hasAccess", "accessDeniedReason", "isUnlimited", "hasSoftLimit", "usageLimit", "currentUsage",
-              "requestedUsage", "resetPeriod", "usagePeriodStart", "usagePeriodEnd", "value", "enumValues"] {
+    for k in [
+        "hasAccess",
+        "accessDeniedReason",
+        "isUnlimited",
+        "hasSoftLimit",
+        "usageLimit",
+        "currentUsage",
+        "requestedUsage",
+        "resetPeriod",
+        "usagePeriodStart",
+        "usagePeriodEnd",
+        "value",
+        "enumValues",
+    ] {
         assert!(keys.contains(&k), "{k} missing from {b}");
     }
     app.stop().await;
@@ -106,10 +189,20 @@ async fn decisions_for_every_kind_of_entitlement() {
 async fn a_customer_without_subscription_or_entitlements_has_no_active_subscription() {
     let (pool, url) = migrated_pool().await;
     let parsed = events::parse(fixture("customer.created").as_bytes()).unwrap();
-    Processor::new(pool.clone()).process(&[&parsed]).await.unwrap();
+    Processor::new(pool.clone())
+        .process(&[&parsed])
+        .await
+        .unwrap();
     let app = spawn_app(settings(&["--database-url", &url]), pool, HTTP_ONLY).await;
-    let (s, b) = check(&app, json!({"customerId": "cust-orbit", "featureId": "feature-sso"})).await;
-    assert_eq!((s, &b["accessDeniedReason"]), (403, &json!("NoActiveSubscription")));
+    let (s, b) = check(
+        &app,
+        json!({"customerId": "cust-orbit", "featureId": "feature-sso"}),
+    )
+    .await;
+    assert_eq!(
+        (s, &b["accessDeniedReason"]),
+        (403, &json!("NoActiveSubscription"))
+    );
     app.stop().await;
 }
 
@@ -136,15 +229,30 @@ async fn bad_requests_get_a_json_400() {
             .unwrap();
         assert_eq!(r.status().as_u16(), 400, "{body}");
         let v: Value = r.json().await.unwrap();
-        assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{body}: {v}");
+        assert!(
+            v["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{body}: {v}"
+        );
     }
-    let big = format!(r#"{{"customerId":"c","featureId":"f","pad":"{}"}}"#, "x".repeat(70 * 1024));
-    let r = client.post(format!("{}/check-access", app.base)).body(big).send().await.unwrap();
+    let big = format!(
+        r#"{{"customerId":"c","featureId":"f","pad":"{}"}}"#,
+        "x".repeat(70 * 1024)
+    );
+    let r = client
+        .post(format!("{}/check-access", app.base))
+        .body(big)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 413);
     let v: Value = r.json().await.unwrap();
     assert!(v["error"].is_string());
     // the server is still fine
-    let (s, _) = check(&app, json!({"customerId": "cust-orbit", "featureId": "feature-sso"})).await;
+    let (s, _) = check(
+        &app,
+        json!({"customerId": "cust-orbit", "featureId": "feature-sso"}),
+    )
+    .await;
     assert_eq!(s, 200);
     app.stop().await;
 }
@@ -158,16 +266,38 @@ async fn api_tokens_guard_check_access_but_not_health() {
     let r = client.post(&url).json(&body).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 401);
     assert!(r.json::<Value>().await.unwrap()["error"].is_string());
-    for wrong in ["Bearer gamma", "Bearer alph", "Bearer alpha2", "alpha", "Basic alpha"] {
-        let r = client.post(&url).header("authorization", wrong).json(&body).send().await.unwrap();
+    for wrong in [
+        "Bearer gamma",
+        "Bearer alph",
+        "Bearer alpha2",
+        "alpha",
+        "Basic alpha",
+    ] {
+        let r = client
+            .post(&url)
+            .header("authorization", wrong)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status().as_u16(), 401, "{wrong}");
     }
     for right in ["alpha", "beta"] {
-        let r = client.post(&url).bearer_auth(right).json(&body).send().await.unwrap();
+        let r = client
+            .post(&url)
+            .bearer_auth(right)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status().as_u16(), 200, "{right}");
     }
     for open in ["/healthz", "/readyz", "/metrics"] {
-        let r = client.get(format!("{}{open}", app.base)).send().await.unwrap();
+        let r = client
+            .get(format!("{}{open}", app.base))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status().as_u16(), 200, "{open}");
     }
     app.stop().await;
@@ -177,10 +307,37 @@ async fn api_tokens_guard_check_access_but_not_health() {
 async fn health_readiness_and_metrics() {
     let (app, _pool) = app_with_story(&[]).await;
     let client = reqwest::Client::new();
-    assert_eq!(client.get(format!("{}/healthz", app.base)).send().await.unwrap().status(), 200);
-    assert_eq!(client.get(format!("{}/readyz", app.base)).send().await.unwrap().status(), 200);
-    check(&app, json!({"customerId": "cust-orbit", "featureId": "feature-sso"})).await;
-    let text = client.get(format!("{}/metrics", app.base)).send().await.unwrap().text().await.unwrap();
+    assert_eq!(
+        client
+            .get(format!("{}/healthz", app.base))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        client
+            .get(format!("{}/readyz", app.base))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    check(
+        &app,
+        json!({"customerId": "cust-orbit", "featureId": "feature-sso"}),
+    )
+    .await;
+    let text = client
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(text.contains("stigg_byos_check_access_total"), "{text}");
     app.stop().await;
 }
@@ -198,10 +355,22 @@ async fn readyz_is_503_when_the_database_is_unreachable() {
     let app = spawn_app(settings(&["--database-url", dead]), unreachable, HTTP_ONLY).await;
     let client = reqwest::Client::new();
     let started = std::time::Instant::now();
-    let r = client.get(format!("{}/readyz", app.base)).send().await.unwrap();
+    let r = client
+        .get(format!("{}/readyz", app.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 503);
     assert!(started.elapsed() < std::time::Duration::from_secs(3));
-    assert_eq!(client.get(format!("{}/healthz", app.base)).send().await.unwrap().status(), 200);
+    assert_eq!(
+        client
+            .get(format!("{}/healthz", app.base))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     let r = client
         .post(format!("{}/check-access", app.base))
         .json(&json!({"customerId": "c", "featureId": "f"}))
@@ -210,6 +379,9 @@ async fn readyz_is_503_when_the_database_is_unreachable() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 503);
     let v: Value = r.json().await.unwrap();
-    assert!(!v["error"].as_str().unwrap().contains("127.0.0.1"), "no internals: {v}");
+    assert!(
+        !v["error"].as_str().unwrap().contains("127.0.0.1"),
+        "no internals: {v}"
+    );
     app.stop().await;
 }

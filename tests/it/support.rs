@@ -34,7 +34,9 @@ pub fn unique(prefix: &str) -> String {
 pub async fn fresh_database() -> String {
     let admin = admin_url();
     let name = unique("it_");
-    let mut conn = sqlx::PgConnection::connect(&admin).await.expect("connect to admin db");
+    let mut conn = sqlx::PgConnection::connect(&admin)
+        .await
+        .expect("connect to admin db");
     sqlx::query(&format!("CREATE DATABASE {name}"))
         .execute(&mut conn)
         .await
@@ -86,7 +88,11 @@ pub async fn send(sqs: &aws_sdk_sqs::Client, queue: &str, body: &str) -> String 
     if queue.ends_with(".fifo") {
         req = req.message_group_id("g");
     }
-    req.send().await.expect("send").message_id.expect("message id")
+    req.send()
+        .await
+        .expect("send")
+        .message_id
+        .expect("message id")
 }
 
 /// Messages visible plus in flight.
@@ -103,7 +109,10 @@ pub async fn queue_depth(sqs: &aws_sdk_sqs::Client, queue: &str) -> (u64, u64) {
         .attributes
         .unwrap_or_default();
     let get = |k: A| attrs.get(&k).and_then(|v| v.parse().ok()).unwrap_or(0);
-    (get(A::ApproximateNumberOfMessages), get(A::ApproximateNumberOfMessagesNotVisible))
+    (
+        get(A::ApproximateNumberOfMessages),
+        get(A::ApproximateNumberOfMessagesNotVisible),
+    )
 }
 
 /// Environment for the app and the binary: LocalStack endpoint and test credentials.
@@ -216,7 +225,10 @@ pub fn unindexable_subscription(message_id: &str) -> String {
         .collect();
     event(
         "subscription.created",
-        &[("messageId", serde_json::json!(message_id)), ("id", serde_json::json!(id))],
+        &[
+            ("messageId", serde_json::json!(message_id)),
+            ("id", serde_json::json!(id)),
+        ],
     )
 }
 
@@ -239,14 +251,18 @@ impl Proxy {
         let (up2, gen2) = (up.clone(), generation.clone());
         let task = tokio::spawn(async move {
             loop {
-                let Ok((mut inbound, _)) = listener.accept().await else { continue };
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    continue;
+                };
                 if !up2.load(Ordering::SeqCst) {
                     drop(inbound);
                     continue;
                 }
                 let cut = gen2.lock().unwrap().clone();
                 tokio::spawn(async move {
-                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else { return };
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
                     tokio::select! {
                         _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
                         _ = cut.cancelled() => {}
@@ -254,7 +270,12 @@ impl Proxy {
                 });
             }
         });
-        Self { port, up, generation, task }
+        Self {
+            port,
+            up,
+            generation,
+            task,
+        }
     }
 
     pub fn cut(&self) {
