@@ -163,7 +163,8 @@ pub async fn upsert_customer(
     Ok(done.rows_affected() == 1)
 }
 
-/// `customer.deleted`: tombstone, then drop the customer's state that is not newer than the
+/// `customer.deleted`: tombstone (a deletion without a time is dated 0001-01-01, before any
+/// event, so only events without a time stay stale), then drop the customer's state that is not newer than the
 /// deletion. State newer than the deletion (applied before it arrived) survives, and then the
 /// customer lives on as a placeholder, as it would had the events come in order.
 pub async fn delete_customer(
@@ -173,7 +174,7 @@ pub async fn delete_customer(
 ) -> sqlx::Result<bool> {
     let done = sqlx::query(
         "INSERT INTO customers (customer_id, version, is_deleted, deleted_at)
-         VALUES ($1, $2, true, COALESCE($2, '-infinity'::timestamptz))
+         VALUES ($1, $2, true, COALESCE($2, '0001-01-01T00:00:00Z'::timestamptz))
          ON CONFLICT (customer_id) DO UPDATE SET
              is_deleted = true, deleted_at = EXCLUDED.deleted_at, version = EXCLUDED.version,
              name = NULL, email = NULL, billing_id = NULL, metadata = NULL, raw = NULL,

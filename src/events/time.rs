@@ -20,6 +20,16 @@ pub fn parse_time(value: &serde_json::Value) -> Result<Option<DateTime<Utc>>, St
     }
 }
 
+/// Times outside years 1–9999 are refused: PostgreSQL and chrono disagree beyond them.
+fn in_range(t: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
+    use chrono::Datelike;
+    if (1..=9999).contains(&t.year()) {
+        Ok(t)
+    } else {
+        Err(format!("time {t} is outside years 1-9999"))
+    }
+}
+
 fn parse_time_str(s: &str) -> Result<DateTime<Utc>, String> {
     let t = s.trim();
     if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
@@ -31,12 +41,14 @@ fn parse_time_str(s: &str) -> Result<DateTime<Utc>, String> {
     DateTime::parse_from_rfc3339(t)
         .map(|d| d.with_timezone(&Utc))
         .map_err(|e| format!("invalid time {t:?}: {e}"))
+        .and_then(in_range)
 }
 
 fn from_millis(ms: i64) -> Result<DateTime<Utc>, String> {
     Utc.timestamp_millis_opt(ms)
         .single()
         .ok_or_else(|| format!("time {ms} is out of range"))
+        .and_then(in_range)
 }
 
 pub(crate) fn kind(v: &serde_json::Value) -> &'static str {
@@ -92,5 +104,8 @@ mod tests {
         assert!(parse_time(&json!("yesterday")).is_err());
         assert!(parse_time(&json!(true)).is_err());
         assert!(parse_time(&json!({})).is_err());
+        assert!(parse_time(&json!("10000-01-01T00:00:00Z")).is_err());
+        assert!(parse_time(&json!(-100_000_000_000_000_i64)).is_err());
+        assert!(parse_time(&json!(i64::MAX)).is_err());
     }
 }

@@ -32,7 +32,7 @@ async fn start_worker(pool: &PgPool, url: &str, queue: &str, extra: &[&str]) -> 
     spawn_app(settings(&args), pool.clone(), BOTH).await
 }
 
-async fn drained(sqs: &aws_sdk_sqs::Client, queue: &str) -> bool {
+pub async fn drained(sqs: &aws_sdk_sqs::Client, queue: &str) -> bool {
     queue_depth(sqs, queue).await == (0, 0)
 }
 
@@ -290,8 +290,9 @@ async fn a_database_outage_is_retried_and_nothing_is_lost_or_dead_lettered() {
             .status(),
         200
     );
-    // longer than the visibility timeout: held messages must be kept invisible by the worker
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    // 15 s, far longer than the visibility timeout: held messages must be kept invisible by
+    // the worker, and none may be dead-lettered however often it retries
+    tokio::time::sleep(Duration::from_secs(15)).await;
     proxy.restore();
     eventually(Duration::from_secs(60), "every event applied", || async {
         count(&pool, "SELECT count(*) FROM inbox").await == n && drained(&sqs, &queue).await
@@ -380,7 +381,7 @@ async fn queue_credentials_come_from_the_edge_api_when_a_key_is_set() {
     app.stop().await;
 }
 
-fn command(url: &str, queue: &str) -> tokio::process::Command {
+pub fn command(url: &str, queue: &str) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(bin());
     cmd.env("DATABASE_URL", url)
         .env("SQS_QUEUE_URL", queue)

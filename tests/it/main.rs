@@ -3,5 +3,6 @@
 
 mod apply;
 mod consumer;
+mod faults;
 mod http;
 mod support;

@@ -1,0 +1,1983 @@
+//! The benchmark of issue 5: SQS path, apply path, access path (/check-access and GraphQL),
+//! memory and start-up, against the real PostgreSQL and LocalStack, with the release binary
+//! run as a child process exactly as deployed. Prints one table at the end.
+//!
+//! Run it with `scripts/bench` (which starts LocalStack and builds the release binary), or
+//! `cargo bench --bench replica -- [--events N] [--customers N] [--quick] ...`.
+//!
+//! Every measurement uses a fresh database (`bench_<random>`, dropped at the end) and fresh
+//! queues (deleted at the end). A benchmark is never a pass/fail test: the exit code is 0
+//! whether or not the targets are met; it is non-zero only when the benchmark itself broke.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, SendMessageBatchRequestEntry};
+use clap::Parser;
+use futures::{StreamExt, TryStreamExt};
+use rand::rngs::{SmallRng, StdRng};
+use rand::seq::{IndexedRandom, SliceRandom};
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+use sqlx::{Connection, PgPool};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+
+// ---------------------------------------------------------------------------------------------
+// Command line
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Parser, Debug)]
+#[command(name = "bench", about = "stigg-byos benchmarks (issue 5)")]
+struct Args {
+    /// Events sent through the SQS and apply paths (5% of them are duplicates).
+    /// Default 20000 (2000 with --quick).
+    #[arg(long)]
+    events: Option<usize>,
+    /// Customers (× 8 features) in the access-path database. Default 100000 (5000 with --quick).
+    #[arg(long)]
+    customers: Option<usize>,
+    /// Small sizes for a CI smoke run: 2000 events, 5000 customers, 3 s of load.
+    #[arg(long)]
+    quick: bool,
+    /// WORKER_CONCURRENCY values to run the SQS path with (comma-separated).
+    #[arg(long, value_delimiter = ',', default_values_t = vec![16u32, 64])]
+    concurrency: Vec<u32>,
+    /// Connections of the HTTP load generator.
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// Seconds of load per HTTP measurement. Default 15 (3 with --quick).
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Run only these parts (comma-separated): sqs, apply, access, graphql, startup.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Seed of the event generator (the same seed gives the same events).
+    #[arg(long, default_value_t = 5)]
+    seed: u64,
+    /// Keep the databases instead of dropping them (their names are printed).
+    #[arg(long)]
+    keep: bool,
+    /// Administrative PostgreSQL URL, used to create and drop the bench databases.
+    #[arg(
+        long,
+        env = "BENCH_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    admin_url: String,
+    /// LocalStack (or SQS) endpoint.
+    #[arg(
+        long,
+        env = "BENCH_SQS_ENDPOINT",
+        default_value = "http://127.0.0.1:4566"
+    )]
+    sqs_endpoint: String,
+    /// The stigg-byos binary (default: the one cargo built for this bench).
+    #[arg(long, env = "STIGG_BYOS_BIN")]
+    bin: Option<PathBuf>,
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+struct Plan {
+    events: usize,
+    customers: usize,
+    load: Duration,
+    warmup: Duration,
+    connections: usize,
+    concurrency: Vec<u32>,
+    only: Vec<String>,
+    seed: u64,
+    keep: bool,
+}
+
+impl Plan {
+    fn runs(&self, part: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|p| p == part)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Results table
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Default)]
+struct Table {
+    rows: Vec<[String; 4]>,
+}
+
+impl Table {
+    fn row(&mut self, measure: &str, figure: String, target: &str, met: Option<bool>) {
+        let met = match met {
+            Some(true) => "yes",
+            Some(false) => "NO",
+            None => "-",
+        };
+        self.rows
+            .push([measure.into(), figure, target.into(), met.into()]);
+    }
+
+    fn print(&self) {
+        let header = ["measure", "figure", "target", "met?"];
+        let mut width = header.map(str::len);
+        for r in &self.rows {
+            for (w, c) in width.iter_mut().zip(r) {
+                *w = (*w).max(c.chars().count());
+            }
+        }
+        let line = |cells: [&str; 4]| {
+            let mut s = String::new();
+            for (i, (c, w)) in cells.iter().zip(width).enumerate() {
+                let pad = w - c.chars().count();
+                if i == 1 {
+                    // figures right-aligned
+                    s.push_str(&" ".repeat(pad));
+                    s.push_str(c);
+                } else {
+                    s.push_str(c);
+                    if i < 3 {
+                        s.push_str(&" ".repeat(pad));
+                    }
+                }
+                if i < 3 {
+                    s.push_str("  ");
+                }
+            }
+            s
+        };
+        println!();
+        println!("{}", line(header));
+        println!("{}", "-".repeat(width.iter().sum::<usize>() + 6));
+        for r in &self.rows {
+            println!("{}", line([&r[0], &r[1], &r[2], &r[3]]));
+        }
+    }
+}
+
+fn note(msg: impl AsRef<str>) {
+    println!("  · {}", msg.as_ref());
+}
+
+fn section(msg: &str) {
+    println!("\n== {msg}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Main
+// ---------------------------------------------------------------------------------------------
+
+struct Env {
+    admin_url: String,
+    sqs: aws_sdk_sqs::Client,
+    sqs_endpoint: String,
+    bin: PathBuf,
+    logs: PathBuf,
+    databases: Mutex<Vec<String>>,
+    queues: Mutex<Vec<String>>,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let plan = Plan {
+        events: args
+            .events
+            .unwrap_or(if args.quick { 2_000 } else { 20_000 }),
+        customers: args
+            .customers
+            .unwrap_or(if args.quick { 5_000 } else { 100_000 }),
+        load: Duration::from_secs_f64(args.duration.unwrap_or(if args.quick { 3.0 } else { 15.0 })),
+        warmup: Duration::from_millis(if args.quick { 300 } else { 1_000 }),
+        connections: args.connections.max(1),
+        concurrency: args.concurrency.clone(),
+        only: args.only.clone(),
+        seed: args.seed,
+        keep: args.keep,
+    };
+    if plan.events < 20 {
+        bail!("--events must be at least 20");
+    }
+    let bin = args
+        .bin
+        .clone()
+        .or_else(|| option_env!("CARGO_BIN_EXE_stigg-byos").map(PathBuf::from))
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/stigg-byos"));
+    if !bin.exists() {
+        bail!(
+            "{} does not exist: run `cargo build --release` first",
+            bin.display()
+        );
+    }
+    let logs = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
+    std::fs::create_dir_all(&logs)?;
+    let env = Arc::new(Env {
+        admin_url: args.admin_url.clone(),
+        sqs: sqs_client(&args.sqs_endpoint),
+        sqs_endpoint: args.sqs_endpoint.clone(),
+        bin,
+        logs,
+        databases: Mutex::new(Vec::new()),
+        queues: Mutex::new(Vec::new()),
+    });
+
+    print_machine();
+    println!(
+        "events {} (5% duplicates), access customers {} × 8 features, load {:.0} s × {} connections, \
+         worker concurrency {:?}",
+        plan.events,
+        plan.customers,
+        plan.load.as_secs_f64(),
+        plan.connections,
+        plan.concurrency
+    );
+    println!(
+        "binary {}; logs in {}",
+        env.bin.display(),
+        env.logs.display()
+    );
+
+    let mut table = Table::default();
+    let outcome = run_all(&env, &plan, &mut table).await;
+    cleanup(&env, plan.keep).await;
+    table.print();
+    outcome
+}
+
+async fn run_all(env: &Arc<Env>, plan: &Plan, table: &mut Table) -> Result<()> {
+    // preflight: both backing services answer
+    let mut admin = sqlx::PgConnection::connect(&env.admin_url)
+        .await
+        .with_context(|| format!("PostgreSQL is not answering at {}", env.admin_url))?;
+    let pg_version: String = sqlx::query_scalar("SHOW server_version")
+        .fetch_one(&mut admin)
+        .await?;
+    admin.close().await?;
+    env.sqs
+        .list_queues()
+        .send()
+        .await
+        .with_context(|| format!("SQS is not answering at {}", env.sqs_endpoint))?;
+    note(format!(
+        "PostgreSQL {pg_version}, SQS at {}",
+        env.sqs_endpoint
+    ));
+
+    let needs_events = plan.runs("sqs") || plan.runs("apply");
+    let events = if needs_events {
+        let started = Instant::now();
+        let g = generate(plan.events, plan.seed);
+        note(format!(
+            "generated {} messages ({} distinct, {} customers, {:.1} MB) in {:.2} s: {}",
+            g.bodies.len(),
+            g.distinct,
+            g.customers,
+            g.bodies.iter().map(String::len).sum::<usize>() as f64 / 1e6,
+            started.elapsed().as_secs_f64(),
+            g.by_type
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        Some(g)
+    } else {
+        None
+    };
+
+    let mut fingerprints: Vec<(String, String)> = Vec::new();
+    if plan.runs("sqs") {
+        let g = events.as_ref().expect("events generated");
+        for &c in &plan.concurrency {
+            sqs_path(env, g, c, table, &mut fingerprints).await?;
+        }
+    }
+    if plan.runs("apply") {
+        let g = events.as_ref().expect("events generated");
+        apply_path(env, g, table, &mut fingerprints).await?;
+    }
+    if fingerprints.len() > 1 {
+        let first = &fingerprints[0].1;
+        let same = fingerprints.iter().all(|(_, f)| f == first);
+        if same {
+            note(format!(
+                "final state identical across {} (order-independent)",
+                fingerprints
+                    .iter()
+                    .map(|(n, _)| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        } else {
+            note("WARNING: final state differs between runs of the same events:");
+            for (n, f) in &fingerprints {
+                note(format!("  {n}: {f}"));
+            }
+        }
+        table.row(
+            "same final state, SQS vs ingest",
+            if same { "yes".into() } else { "no".into() },
+            "yes",
+            Some(same),
+        );
+    }
+    if plan.runs("access") || plan.runs("graphql") || plan.runs("startup") {
+        access_path(env, plan, table).await?;
+    }
+    Ok(())
+}
+
+fn print_machine() {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let mem_kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .unwrap_or(0);
+    println!(
+        "machine: {cores} cores ({model}), {:.1} GiB RAM",
+        mem_kib as f64 / 1024.0 / 1024.0
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Databases and queues
+// ---------------------------------------------------------------------------------------------
+
+fn random_suffix() -> String {
+    let n: u64 = rand::rng().random();
+    format!("{n:016x}")
+}
+
+impl Env {
+    /// A new database with the migrations applied; returns its URL and a pool on it.
+    async fn fresh_database(&self) -> Result<(String, PgPool)> {
+        let name = format!("bench_{}", random_suffix());
+        let mut conn = sqlx::PgConnection::connect(&self.admin_url).await?;
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .context("CREATE DATABASE")?;
+        conn.close().await?;
+        self.databases.lock().unwrap().push(name.clone());
+        let base = self
+            .admin_url
+            .rsplit_once('/')
+            .context("admin URL has no database")?
+            .0;
+        let url = format!("{base}/{name}");
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(4)
+            .connect(&url)
+            .await?;
+        stigg_byos::store::migrate(&pool).await?;
+        Ok((url, pool))
+    }
+
+    async fn fresh_queue(&self) -> Result<String> {
+        let url = self
+            .sqs
+            .create_queue()
+            .queue_name(format!("bench-{}", random_suffix()))
+            .send()
+            .await
+            .context("create queue")?
+            .queue_url
+            .context("queue url")?;
+        self.queues.lock().unwrap().push(url.clone());
+        Ok(url)
+    }
+
+    async fn delete_queue(&self, url: &str) {
+        let _ = self.sqs.delete_queue().queue_url(url).send().await;
+        self.queues.lock().unwrap().retain(|q| q != url);
+    }
+
+    /// Environment of every stigg-byos child: only what the bench sets, plus PATH / RUST_LOG.
+    fn command(&self, args: &[&str], log: &str) -> Result<Command> {
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.logs.join(log))?)
+            .kill_on_drop(true);
+        Ok(cmd)
+    }
+}
+
+async fn cleanup(env: &Env, keep: bool) {
+    let queues: Vec<String> = env.queues.lock().unwrap().clone();
+    for q in queues {
+        env.delete_queue(&q).await;
+    }
+    let dbs: Vec<String> = env.databases.lock().unwrap().drain(..).collect();
+    if keep {
+        for d in &dbs {
+            note(format!("kept database {d}"));
+        }
+        return;
+    }
+    if let Ok(mut conn) = sqlx::PgConnection::connect(&env.admin_url).await {
+        for d in dbs {
+            if let Err(e) = sqlx::query(&format!("DROP DATABASE IF EXISTS {d} WITH (FORCE)"))
+                .execute(&mut conn)
+                .await
+            {
+                eprintln!("dropping {d}: {e}");
+            }
+        }
+    }
+}
+
+fn sqs_client(endpoint: &str) -> aws_sdk_sqs::Client {
+    let conf = aws_sdk_sqs::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .credentials_provider(Credentials::new("test", "test", None, None, "bench"))
+        .build();
+    aws_sdk_sqs::Client::from_conf(conf)
+}
+
+/// Sends every body (10 a batch, 32 batches at once). Not timed.
+async fn preload(sqs: &aws_sdk_sqs::Client, queue: &str, bodies: &[String]) -> Result<()> {
+    futures::stream::iter(bodies.chunks(10))
+        .map(|chunk| {
+            let sqs = sqs.clone();
+            async move {
+                let entries = chunk
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| {
+                        SendMessageBatchRequestEntry::builder()
+                            .id(i.to_string())
+                            .message_body(b)
+                            .build()
+                            .map_err(anyhow::Error::from)
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let out = sqs
+                    .send_message_batch()
+                    .queue_url(queue)
+                    .set_entries(Some(entries))
+                    .send()
+                    .await
+                    .map_err(aws_sdk_sqs::Error::from)?;
+                if let Some(f) = out.failed.first() {
+                    bail!("send refused: {:?}", f.message);
+                }
+                Ok(())
+            }
+        })
+        .buffer_unordered(32)
+        .try_collect::<Vec<()>>()
+        .await?;
+    Ok(())
+}
+
+/// Messages visible plus in flight.
+async fn queue_depth(sqs: &aws_sdk_sqs::Client, queue: &str) -> Result<u64> {
+    use aws_sdk_sqs::types::QueueAttributeName as A;
+    let attrs = sqs
+        .get_queue_attributes()
+        .queue_url(queue)
+        .attribute_names(A::ApproximateNumberOfMessages)
+        .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
+        .send()
+        .await
+        .map_err(aws_sdk_sqs::Error::from)?
+        .attributes
+        .unwrap_or_default();
+    let get = |k: A| {
+        attrs
+            .get(&k)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Ok(get(A::ApproximateNumberOfMessages) + get(A::ApproximateNumberOfMessagesNotVisible))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes: memory, CPU, signals
+// ---------------------------------------------------------------------------------------------
+
+/// Peak resident set size (VmHWM) of a live process, in MiB.
+fn peak_rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
+}
+
+fn rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
+}
+
+fn sigterm(child: &Child) {
+    if let Some(pid) = child.id() {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+    }
+}
+
+async fn stop(mut child: Child) {
+    sigterm(&child);
+    if tokio::time::timeout(Duration::from_secs(40), child.wait())
+        .await
+        .is_err()
+    {
+        let _ = child.kill().await;
+    }
+}
+
+/// CPU time (clock ticks) by who spent it, read from /proc.
+#[derive(Debug, Default, Clone)]
+struct Cpu {
+    at: Option<Instant>,
+    machine_busy: u64,
+    machine_all: u64,
+    postgres: u64,
+    localstack: u64,
+    bench: u64,
+    /// Children of the bench already waited for (the `ingest` process).
+    reaped: u64,
+    target: u64,
+}
+
+const TICKS: f64 = 100.0; // USER_HZ on Linux
+
+fn proc_times(stat: &str) -> Option<(String, u64, u64)> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = stat[open + 1..close].to_owned();
+    let f: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+    let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // after ")": state(0) ... utime(11) stime(12) cutime(13) cstime(14)
+    Some((comm, n(11) + n(12), n(13) + n(14)))
+}
+
+fn cpu_snapshot(target: Option<u32>) -> Cpu {
+    let mut c = Cpu {
+        at: Some(Instant::now()),
+        ..Cpu::default()
+    };
+    if let Ok(stat) = std::fs::read_to_string("/proc/stat") {
+        if let Some(line) = stat.lines().next() {
+            let v: Vec<u64> = line
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            let g = |i: usize| v.get(i).copied().unwrap_or(0);
+            c.machine_busy = g(0) + g(1) + g(2) + g(5) + g(6) + g(7);
+            c.machine_all = c.machine_busy + g(3) + g(4);
+        }
+    }
+    let me = std::process::id();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return c;
+    };
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some((comm, own, children)) = proc_times(&stat) else {
+            continue;
+        };
+        if pid == me {
+            c.bench += own;
+            c.reaped += children;
+        } else if Some(pid) == target {
+            c.target += own;
+        } else if comm == "postgres" {
+            c.postgres += own + children;
+        } else if comm.starts_with("python") || comm.contains("localstack") {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains("localstack") {
+                c.localstack += own + children;
+            }
+        }
+    }
+    c
+}
+
+/// One line: where the CPU went between two snapshots, in % of one core.
+fn cpu_line(a: &Cpu, b: &Cpu, ours: &str) -> String {
+    let secs = match (a.at, b.at) {
+        (Some(x), Some(y)) => y.duration_since(x).as_secs_f64().max(1e-3),
+        _ => return String::new(),
+    };
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1) as f64;
+    let pct = |ticks: u64| ticks as f64 / TICKS / secs * 100.0;
+    let all = b.machine_all.saturating_sub(a.machine_all).max(1) as f64;
+    let busy = b.machine_busy.saturating_sub(a.machine_busy) as f64 / all * 100.0 * cores;
+    let target = b.target.saturating_sub(a.target) + b.reaped.saturating_sub(a.reaped);
+    format!(
+        "CPU over {secs:.1} s (100% = one core, {cores:.0} cores): {ours} {:.0}%, PostgreSQL {:.0}%, \
+         LocalStack {:.0}%, bench process {:.0}%, machine busy {:.0}% of {:.0}%",
+        pct(target),
+        pct(b.postgres.saturating_sub(a.postgres)),
+        pct(b.localstack.saturating_sub(a.localstack)),
+        pct(b.bench.saturating_sub(a.bench)),
+        busy,
+        cores * 100.0
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Event generation
+// ---------------------------------------------------------------------------------------------
+
+struct Feature {
+    id: &'static str,
+    name: &'static str,
+    feature_type: &'static str,
+    meter: Option<&'static str>,
+    unit: &'static str,
+    limit: Option<f64>,
+    unlimited: bool,
+    soft: bool,
+    monthly: bool,
+    enum_values: Option<&'static [&'static str]>,
+}
+
+const FEATURES: [Feature; 8] = [
+    Feature {
+        id: "feature-sso",
+        name: "Single sign-on",
+        feature_type: "BOOLEAN",
+        meter: None,
+        unit: "",
+        limit: None,
+        unlimited: false,
+        soft: false,
+        monthly: false,
+        enum_values: None,
+    },
+    Feature {
+        id: "feature-max-projects",
+        name: "Projects",
+        feature_type: "NUMBER",
+        meter: None,
+        unit: "project",
+        limit: Some(25.0),
+        unlimited: false,
+        soft: false,
+        monthly: false,
+        enum_values: None,
+    },
+    Feature {
+        id: "feature-api-calls",
+        name: "API calls",
+        feature_type: "NUMBER",
+        meter: Some("INCREMENTAL"),
+        unit: "call",
+        limit: Some(10_000.0),
+        unlimited: false,
+        soft: false,
+        monthly: true,
+        enum_values: None,
+    },
+    Feature {
+        id: "feature-seats",
+        name: "Seats",
+        feature_type: "NUMBER",
+        meter: Some("FLUCTUATING"),
+        unit: "seat",
+        limit: Some(15.0),
+        unlimited: false,
+        soft: false,
+        monthly: false,
+        enum_values: None,
+    },
+    Feature {
+        id: "feature-storage-gb",
+        name: "Storage",
+        feature_type: "NUMBER",
+        meter: Some("FLUCTUATING"),
+        unit: "gigabyte",
+        limit: None,
+        unlimited: true,
+        soft: false,
+        monthly: false,
+        enum_values: None,
+    },
+    Feature {
+        id: "feature-emails",
+        name: "Emails sent",
+        feature_type: "NUMBER",
+        meter: Some("INCREMENTAL"),
+        unit: "email",
+        limit: Some(500.0),
+        unlimited: false,
+        soft: true,
+        monthly: true,
+        enum_values: None,
+    },
+    Feature {
+        id: "feature-region",
+        name: "Data region",
+        feature_type: "ENUM",
+        meter: None,
+        unit: "",
+        limit: None,
+        unlimited: false,
+        soft: false,
+        monthly: false,
+        enum_values: Some(&["us", "eu"]),
+    },
+    Feature {
+        id: "feature-page-views",
+        name: "Page views",
+        feature_type: "NUMBER",
+        meter: Some("INCREMENTAL"),
+        unit: "view",
+        limit: Some(100_000.0),
+        unlimited: false,
+        soft: false,
+        monthly: true,
+        enum_values: None,
+    },
+];
+
+/// Features measurements are reported for.
+const METERED: [usize; 5] = [2, 3, 4, 5, 7];
+
+struct Generated {
+    /// Message bodies in delivery order (duplicates included).
+    bodies: Vec<String>,
+    distinct: usize,
+    customers: usize,
+    by_type: BTreeMap<&'static str, usize>,
+}
+
+/// 2026-11-02T10:00:00Z
+const T0_MS: i64 = 1_793_613_600_000;
+/// Spacing of event times; distinct times make the final state independent of order.
+const STEP_MS: i64 = 20;
+/// Delivery order: each event is delivered as if sent up to this much later, so events
+/// close in time overtake one another (stale versions arrive after newer ones).
+const JITTER_MS: i64 = 3_000;
+const PERIOD_ANCHOR: &str = "2026-10-01T09:05:00.000Z";
+const PERIOD_START: &str = "2026-11-01T09:05:00.000Z";
+const PERIOD_END: &str = "2026-12-01T09:05:00.000Z";
+
+fn iso(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .expect("time in range")
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+fn uuid(rng: &mut StdRng) -> String {
+    let n: u128 = rng.random();
+    let h = format!("{n:032x}");
+    format!(
+        "{}-{}-4{}-8{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[13..16],
+        &h[17..20],
+        &h[20..32]
+    )
+}
+
+#[derive(Default)]
+struct CustomerState {
+    created: bool,
+    customer_version: u32,
+    subscriptions: u32,
+    usage: HashMap<usize, f64>,
+}
+
+fn customer_id(c: usize) -> String {
+    format!("bench-cust-{c:05}")
+}
+
+fn embedded_customer(c: usize, with_entity: bool) -> Value {
+    let mut v = json!({
+        "id": customer_id(c),
+        "name": format!("Customer {c}"),
+        "email": format!("billing+{c}@customer{c}.example"),
+        "billingId": format!("cus_{c:06}"),
+    });
+    if with_entity {
+        v["entityId"] = json!(format!("3f1c9a52-7d0e-4b8a-9c11-{c:012}"));
+    }
+    v
+}
+
+fn feature_json(f: &Feature) -> Value {
+    json!({
+        "entityId": format!("f-{}", f.id),
+        "id": f.id,
+        "name": f.name,
+        "description": "",
+        "featureType": f.feature_type,
+        "meterType": f.meter,
+        "unit": f.unit,
+        "units": if f.unit.is_empty() { String::new() } else { format!("{}s", f.unit) },
+        "status": "ACTIVE",
+        "enumConfiguration": f.enum_values.map(|vs| vs.iter().chain(["ap"].iter())
+            .map(|v| json!({"value": v, "displayName": v.to_uppercase()})).collect::<Vec<_>>()),
+    })
+}
+
+fn generate(n: usize, seed: u64) -> Generated {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let duplicates = n / 20;
+    let distinct = n - duplicates;
+    let customers = (distinct / 8).clamp(50, 5_000);
+    let hot = (customers / 20).max(1);
+    let mut state: Vec<CustomerState> = (0..customers).map(|_| CustomerState::default()).collect();
+    let mut by_type: BTreeMap<&'static str, usize> = BTreeMap::new();
+    let mut keyed: Vec<(i64, String)> = Vec::with_capacity(n);
+
+    for i in 0..distinct {
+        let t = T0_MS + i as i64 * STEP_MS;
+        // a few hot customers get 30% of the traffic
+        let c = if rng.random_bool(0.3) {
+            rng.random_range(0..hot)
+        } else {
+            rng.random_range(0..customers)
+        };
+        let message_id = uuid(&mut rng);
+        let envelope = |kind: &str, rng: &mut StdRng| -> Value {
+            json!({
+                "type": kind,
+                "messageId": message_id,
+                "traceId": format!("tr-{:x}", rng.random::<u64>()),
+                "accountId": "acc-7f3e21",
+                "environmentId": "env-5b9c40",
+                "timestamp": iso(t),
+            })
+        };
+        let r = rng.random_range(0..1000);
+        let (kind, body): (&'static str, Value) = match r {
+            0..600 => {
+                let f = *METERED.choose(&mut rng).expect("metered features");
+                let feature = &FEATURES[f];
+                let st = &mut state[c];
+                let prev = st.usage.get(&f).copied().unwrap_or(0.0);
+                let (usage, change) = if feature.meter == Some("INCREMENTAL") {
+                    let d = rng.random_range(1..200) as f64;
+                    (prev + d, d)
+                } else {
+                    let next = (prev + rng.random_range(-3..=4) as f64).max(0.0);
+                    (next, next - prev)
+                };
+                st.usage.insert(f, usage);
+                let mut v = envelope("measurement.reported", &mut rng);
+                let o = v.as_object_mut().expect("object");
+                o.insert("currentChange".into(), json!(change));
+                o.insert("currentUsage".into(), json!(usage));
+                o.insert(
+                    "usageUsedPercentage".into(),
+                    json!(feature.limit.map(|l| (usage / l * 1000.0).round() / 10.0)),
+                );
+                o.insert("hasUnlimitedUsage".into(), json!(feature.unlimited));
+                o.insert("hasSoftLimit".into(), json!(feature.soft));
+                o.insert("usageLimit".into(), json!(feature.limit));
+                let (anchor, start, end, reset) = if feature.monthly {
+                    (
+                        json!(PERIOD_ANCHOR),
+                        json!(PERIOD_START),
+                        json!(PERIOD_END),
+                        json!("MONTH"),
+                    )
+                } else {
+                    (Value::Null, Value::Null, Value::Null, Value::Null)
+                };
+                o.insert("usagePeriodAnchor".into(), anchor);
+                o.insert("usagePeriodStart".into(), start);
+                o.insert("usagePeriodEnd".into(), end);
+                o.insert("resetPeriod".into(), reset.clone());
+                o.insert(
+                    "resetPeriodConfiguration".into(),
+                    if reset.is_null() {
+                        Value::Null
+                    } else {
+                        json!({"accordingTo": "SubscriptionStart"})
+                    },
+                );
+                o.insert("feature".into(), feature_json(feature));
+                o.insert("customer".into(), embedded_customer(c, true));
+                o.insert("resource".into(), Value::Null);
+                o.insert(
+                    "activeSubscriptions".into(),
+                    json!([{
+                        "id": format!("sub-{}-1", customer_id(c)),
+                        "startDate": PERIOD_ANCHOR,
+                        "plan": {"id": "plan-pro", "name": "Pro"},
+                        "addons": [],
+                        "metadata": {}
+                    }]),
+                );
+                ("measurement.reported", v)
+            }
+            600..850 => {
+                let k = rng.random_range(5..=8);
+                let mut idx: Vec<usize> = (0..FEATURES.len()).collect();
+                idx.shuffle(&mut rng);
+                idx.truncate(k);
+                idx.sort_unstable();
+                let st = &state[c];
+                let ents: Vec<Value> = idx
+                    .iter()
+                    .map(|&f| {
+                        let feature = &FEATURES[f];
+                        let monthly = feature.monthly;
+                        json!({
+                            "feature": feature_json(feature),
+                            "usageLimit": feature.limit,
+                            "hasUnlimitedUsage": feature.unlimited,
+                            "hasSoftLimit": feature.soft,
+                            "currentUsage": st.usage.get(&f).copied().unwrap_or(0.0),
+                            "usagePeriodAnchor": if monthly { json!(PERIOD_ANCHOR) } else { Value::Null },
+                            "usagePeriodStart": if monthly { json!(PERIOD_START) } else { Value::Null },
+                            "usagePeriodEnd": if monthly { json!(PERIOD_END) } else { Value::Null },
+                            "resetPeriod": if monthly { json!("MONTH") } else { Value::Null },
+                            "resetPeriodConfiguration": if monthly { json!({"accordingTo": "SubscriptionStart"}) } else { Value::Null },
+                            "enumValues": feature.enum_values,
+                            "creditBalance": Value::Null,
+                        })
+                    })
+                    .collect();
+                let mut v = envelope("entitlements.updated", &mut rng);
+                let o = v.as_object_mut().expect("object");
+                o.insert("eventId".into(), json!(format!("ev-{i}")));
+                o.insert("actor".into(), json!({"type": "SYSTEM"}));
+                o.insert("entitlementsUpdatedAt".into(), json!(iso(t - 10)));
+                o.insert("trigger".into(), json!("subscription_updated"));
+                o.insert("customer".into(), embedded_customer(c, false));
+                o.insert("resource".into(), Value::Null);
+                o.insert("entitlements".into(), Value::Array(ents));
+                ("entitlements.updated", v)
+            }
+            850..930 => {
+                let st = &mut state[c];
+                let canceled = r >= 920 && st.subscriptions > 0;
+                let kind = if canceled {
+                    "subscription.canceled"
+                } else if st.subscriptions == 0 {
+                    "subscription.created"
+                } else {
+                    "subscription.updated"
+                };
+                st.subscriptions += 1;
+                let plan = if rng.random_bool(0.5) {
+                    ("plan-pro", "Pro")
+                } else {
+                    ("plan-growth", "Growth")
+                };
+                let mut v = envelope(kind, &mut rng);
+                let o = v.as_object_mut().expect("object");
+                o.insert("id".into(), json!(format!("sub-{}-1", customer_id(c))));
+                o.insert(
+                    "entityId".into(),
+                    json!(format!("9a0b7c6d-0000-4e1f-a2b3-{c:012}")),
+                );
+                o.insert("customer".into(), embedded_customer(c, false));
+                o.insert(
+                    "plan".into(),
+                    json!({"id": plan.0, "name": plan.1, "description": null,
+                           "pricingType": "PAID", "status": "PUBLISHED"}),
+                );
+                o.insert(
+                    "addons".into(),
+                    json!([{"id": "addon-extra-seats", "name": "Extra seats", "quantity": 5}]),
+                );
+                o.insert(
+                    "status".into(),
+                    json!(if canceled { "CANCELED" } else { "ACTIVE" }),
+                );
+                o.insert("billingId".into(), json!(format!("sub_{c:06}")));
+                o.insert("billingPeriod".into(), json!("MONTHLY"));
+                o.insert("resource".into(), Value::Null);
+                o.insert("startDate".into(), json!(PERIOD_ANCHOR));
+                o.insert(
+                    "endDate".into(),
+                    if canceled { json!(iso(t)) } else { Value::Null },
+                );
+                o.insert("trialEndDate".into(), Value::Null);
+                o.insert(
+                    "cancellationDate".into(),
+                    if canceled { json!(iso(t)) } else { Value::Null },
+                );
+                o.insert("currentBillingPeriodStart".into(), json!(PERIOD_START));
+                o.insert("currentBillingPeriodEnd".into(), json!(PERIOD_END));
+                o.insert("isTrialSubscription".into(), json!(false));
+                o.insert("metadata".into(), json!({}));
+                (kind, v)
+            }
+            _ => {
+                let st = &mut state[c];
+                let kind = if r >= 998 {
+                    "customer.deleted"
+                } else if st.created {
+                    "customer.updated"
+                } else {
+                    "customer.created"
+                };
+                st.created = kind != "customer.deleted";
+                st.customer_version += 1;
+                let mut v = envelope(kind, &mut rng);
+                let o = v.as_object_mut().expect("object");
+                o.insert("id".into(), json!(customer_id(c)));
+                o.insert(
+                    "entityId".into(),
+                    json!(format!("3f1c9a52-7d0e-4b8a-9c11-{c:012}")),
+                );
+                o.insert(
+                    "name".into(),
+                    json!(format!("Customer {c} v{}", st.customer_version)),
+                );
+                o.insert(
+                    "email".into(),
+                    json!(format!("billing+{c}@customer{c}.example")),
+                );
+                o.insert("billingId".into(), json!(format!("cus_{c:06}")));
+                o.insert("crmId".into(), Value::Null);
+                o.insert(
+                    "metadata".into(),
+                    json!({ "segment": (["startup", "growth", "enterprise"][c % 3]) }),
+                );
+                (kind, v)
+            }
+        };
+        *by_type.entry(kind).or_default() += 1;
+        keyed.push((t + rng.random_range(0..JITTER_MS), body.to_string()));
+    }
+    // duplicates: the same message (same messageId) re-sent a little later
+    for _ in 0..duplicates {
+        let k = rng.random_range(0..distinct);
+        let (key, body) = keyed[k].clone();
+        keyed.push((key + rng.random_range(100..10_000), body));
+    }
+    *by_type.entry("(duplicates)").or_default() += duplicates;
+    keyed.sort_by_key(|(k, _)| *k);
+    Generated {
+        bodies: keyed.into_iter().map(|(_, b)| b).collect(),
+        distinct,
+        customers,
+        by_type,
+    }
+}
+
+/// A digest of the replicated state, to compare runs of the same events.
+async fn fingerprint(pool: &PgPool) -> Result<String> {
+    let digest: String = sqlx::query_scalar(
+        "SELECT md5(coalesce(string_agg(x, ',' ORDER BY x), '')) FROM (
+           SELECT 'u:' || customer_id || '/' || resource_key || '/' || feature_id || '='
+                  || current_usage::text || '@' || coalesce(version::text, '') AS x FROM usage
+           UNION ALL
+           SELECT 'e:' || customer_id || '/' || resource_key || '@' || coalesce(version::text, '')
+                  || ':' || (SELECT count(*) FROM entitlements e WHERE e.customer_id = s.customer_id
+                                AND e.resource_key = s.resource_key)::text
+           FROM entitlement_sets s
+           UNION ALL
+           SELECT 's:' || subscription_id || '=' || coalesce(status, '') || '@'
+                  || coalesce(version::text, '') FROM subscriptions
+           UNION ALL
+           SELECT 'c:' || customer_id || '=' || coalesce(name, '') || '/' || is_deleted::text
+                  || '@' || coalesce(version::text, '') FROM customers
+         ) t",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(digest)
+}
+
+async fn inbox_summary(pool: &PgPool) -> Result<String> {
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT outcome, count(*) FROM inbox GROUP BY 1 ORDER BY 1")
+            .fetch_all(pool)
+            .await?;
+    let dead: i64 = sqlx::query_scalar("SELECT count(*) FROM dead_letters")
+        .fetch_one(pool)
+        .await?;
+    let mut parts: Vec<String> = rows.iter().map(|(o, n)| format!("{o} {n}")).collect();
+    parts.push(format!("dead letters {dead}"));
+    Ok(parts.join(", "))
+}
+
+/// Lines of a child's log that mention retries or failures.
+fn count_in_log(path: &Path, needle: &str) -> usize {
+    std::fs::read_to_string(path)
+        .map(|s| s.lines().filter(|l| l.contains(needle)).count())
+        .unwrap_or(0)
+}
+
+// ---------------------------------------------------------------------------------------------
+// SQS path
+// ---------------------------------------------------------------------------------------------
+
+async fn sqs_path(
+    env: &Arc<Env>,
+    g: &Generated,
+    concurrency: u32,
+    table: &mut Table,
+    fingerprints: &mut Vec<(String, String)>,
+) -> Result<()> {
+    section(&format!(
+        "SQS path: {} messages, WORKER_CONCURRENCY={concurrency}",
+        g.bodies.len()
+    ));
+    let n = g.bodies.len();
+    let (db_url, pool) = env.fresh_database().await?;
+    let queue = env.fresh_queue().await?;
+    let t = Instant::now();
+    preload(&env.sqs, &queue, &g.bodies).await?;
+    note(format!(
+        "pre-loaded the queue in {:.1} s (not timed)",
+        t.elapsed().as_secs_f64()
+    ));
+
+    let log_name = format!("worker-c{concurrency}.log");
+    let mut cmd = env.command(&["worker"], &log_name)?;
+    cmd.env("DATABASE_URL", &db_url)
+        .env("SQS_QUEUE_URL", &queue)
+        .env("AWS_ENDPOINT_URL_SQS", &env.sqs_endpoint)
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("SQS_WAIT_SECONDS", "1")
+        .env("WORKER_CONCURRENCY", concurrency.to_string());
+    let cpu0 = cpu_snapshot(None);
+    let started = Instant::now();
+    let mut child = cmd.spawn().context("spawning the worker")?;
+    let pid = child.id().context("worker pid")?;
+    let mut last_report = Instant::now();
+    let elapsed = loop {
+        if let Some(status) = child.try_wait()? {
+            bail!(
+                "the worker exited ({status}) before draining; see {}",
+                env.logs.join(&log_name).display()
+            );
+        }
+        let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM inbox")
+            .fetch_one(&pool)
+            .await?;
+        if applied as usize >= g.distinct && queue_depth(&env.sqs, &queue).await? == 0 {
+            break started.elapsed();
+        }
+        if last_report.elapsed() > Duration::from_secs(10) {
+            last_report = Instant::now();
+            note(format!(
+                "{:.0} s: {applied} of {} in the inbox",
+                started.elapsed().as_secs_f64(),
+                g.distinct
+            ));
+        }
+        if started.elapsed() > Duration::from_secs(900) {
+            bail!("the worker did not drain the queue within 15 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    let cpu1 = cpu_snapshot(Some(pid));
+    let rss = peak_rss_mib(pid).unwrap_or(f64::NAN);
+    stop(child).await;
+    let worker_rate = n as f64 / elapsed.as_secs_f64();
+    note(format!(
+        "worker: {n} messages in {:.2} s = {worker_rate:.0} events/s, peak RSS {rss:.1} MiB",
+        elapsed.as_secs_f64()
+    ));
+    note(cpu_line(&cpu0, &cpu1, "worker"));
+    note(format!("inbox: {}", inbox_summary(&pool).await?));
+    let log = env.logs.join(&log_name);
+    let retries = count_in_log(&log, "transient failure");
+    let warns = count_in_log(&log, "WARN");
+    note(format!(
+        "worker log: {warns} warnings, {retries} transient-failure retries ({})",
+        log.display()
+    ));
+    fingerprints.push((format!("SQS c={concurrency}"), fingerprint(&pool).await?));
+    pool.close().await;
+    env.delete_queue(&queue).await;
+
+    // raw drain: the same number of messages, receive 10 + DeleteMessageBatch, no processing
+    let queue = env.fresh_queue().await?;
+    preload(&env.sqs, &queue, &g.bodies).await?;
+    let loops = concurrency as usize;
+    let cpu0 = cpu_snapshot(None);
+    let raw = raw_drain(&env.sqs, &queue, n, loops).await?;
+    let cpu1 = cpu_snapshot(None);
+    env.delete_queue(&queue).await;
+    let raw_rate = n as f64 / raw.as_secs_f64();
+    note(format!(
+        "raw drain, {loops} receive loops: {n} messages in {:.2} s = {raw_rate:.0} messages/s",
+        raw.as_secs_f64()
+    ));
+    note(cpu_line(&cpu0, &cpu1, "(none)"));
+    let ratio = worker_rate / raw_rate;
+
+    table.row(
+        &format!("SQS path, worker c={concurrency}"),
+        format!("{worker_rate:.0} ev/s"),
+        "",
+        None,
+    );
+    table.row(
+        &format!("SQS raw drain, {loops} loops"),
+        format!("{raw_rate:.0} msg/s"),
+        "",
+        None,
+    );
+    table.row(
+        &format!("SQS worker / raw drain, c={concurrency}"),
+        format!("{ratio:.2}"),
+        ">= 0.90",
+        Some(ratio >= 0.9),
+    );
+    table.row(
+        &format!("worker peak RSS, c={concurrency}"),
+        format!("{rss:.1} MiB"),
+        "<= 64 MiB",
+        Some(rss <= 64.0),
+    );
+    Ok(())
+}
+
+/// `loops` concurrent loops of receive (10, 1 s long poll) + DeleteMessageBatch until `total`
+/// messages are deleted. Returns the time until the last one was deleted.
+async fn raw_drain(
+    sqs: &aws_sdk_sqs::Client,
+    queue: &str,
+    total: usize,
+    loops: usize,
+) -> Result<Duration> {
+    let deleted = Arc::new(AtomicUsize::new(0));
+    let finished: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..loops {
+        let (sqs, queue) = (sqs.clone(), queue.to_owned());
+        let (deleted, finished) = (deleted.clone(), finished.clone());
+        tasks.spawn(async move {
+            while deleted.load(Ordering::SeqCst) < total {
+                if started.elapsed() > Duration::from_secs(900) {
+                    bail!("raw drain did not finish within 15 minutes");
+                }
+                let out = sqs
+                    .receive_message()
+                    .queue_url(&queue)
+                    .max_number_of_messages(10)
+                    .wait_time_seconds(1)
+                    .send()
+                    .await
+                    .map_err(aws_sdk_sqs::Error::from)?;
+                let messages = out.messages.unwrap_or_default();
+                if messages.is_empty() {
+                    continue;
+                }
+                let entries: Vec<DeleteMessageBatchRequestEntry> = messages
+                    .iter()
+                    .enumerate()
+                    .map(|(i, m)| {
+                        DeleteMessageBatchRequestEntry::builder()
+                            .id(i.to_string())
+                            .receipt_handle(m.receipt_handle.clone().unwrap_or_default())
+                            .build()
+                            .expect("id and handle")
+                    })
+                    .collect();
+                let out = sqs
+                    .delete_message_batch()
+                    .queue_url(&queue)
+                    .set_entries(Some(entries))
+                    .send()
+                    .await
+                    .map_err(aws_sdk_sqs::Error::from)?;
+                let ok = out.successful.len();
+                let now = deleted.fetch_add(ok, Ordering::SeqCst) + ok;
+                if now >= total {
+                    finished.lock().unwrap().get_or_insert_with(Instant::now);
+                }
+            }
+            Ok::<(), anyhow::Error>(())
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    let end = finished.lock().unwrap().unwrap_or_else(Instant::now);
+    Ok(end.duration_since(started))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Apply path
+// ---------------------------------------------------------------------------------------------
+
+async fn apply_path(
+    env: &Arc<Env>,
+    g: &Generated,
+    table: &mut Table,
+    fingerprints: &mut Vec<(String, String)>,
+) -> Result<()> {
+    section(&format!(
+        "Apply path: {} events through `ingest`",
+        g.bodies.len()
+    ));
+    let (db_url, pool) = env.fresh_database().await?;
+    let file = tempfile::Builder::new()
+        .prefix("bench-events-")
+        .suffix(".jsonl")
+        .tempfile()?;
+    {
+        use std::io::Write;
+        let mut w = std::io::BufWriter::new(file.as_file());
+        for b in &g.bodies {
+            w.write_all(b.as_bytes())?;
+            w.write_all(b"\n")?;
+        }
+        w.flush()?;
+    }
+    let path = file.path().to_string_lossy().into_owned();
+    let mut cmd = env.command(&["ingest", &path], "ingest.log")?;
+    cmd.env("DATABASE_URL", &db_url).stdout(Stdio::piped());
+    let cpu0 = cpu_snapshot(None);
+    let started = Instant::now();
+    let child = cmd.spawn().context("spawning ingest")?;
+    let out = child.wait_with_output().await?;
+    let elapsed = started.elapsed();
+    let cpu1 = cpu_snapshot(None);
+    if !out.status.success() {
+        bail!(
+            "ingest failed ({}); see {}",
+            out.status,
+            env.logs.join("ingest.log").display()
+        );
+    }
+    let rate = g.bodies.len() as f64 / elapsed.as_secs_f64();
+    note(format!(
+        "ingest: {} events in {:.2} s = {rate:.0} events/s; {}",
+        g.bodies.len(),
+        elapsed.as_secs_f64(),
+        String::from_utf8_lossy(&out.stdout).trim()
+    ));
+    note(cpu_line(&cpu0, &cpu1, "ingest"));
+    note(format!("inbox: {}", inbox_summary(&pool).await?));
+    fingerprints.push(("ingest".into(), fingerprint(&pool).await?));
+    pool.close().await;
+    table.row(
+        "apply path (ingest)",
+        format!("{rate:.0} ev/s"),
+        ">= 5000 ev/s",
+        Some(rate >= 5000.0),
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Access path
+// ---------------------------------------------------------------------------------------------
+
+async fn fill_access_database(pool: &PgPool, customers: usize) -> Result<()> {
+    let c = customers as i64;
+    let statements = [
+        "INSERT INTO customers (customer_id, name, email, billing_id, version)
+         SELECT 'cust-' || g, 'Customer ' || g, 'billing+' || g || '@customer.example',
+                'cus_' || g, now() - interval '1 day'
+         FROM generate_series(1, $1) g",
+        // 80% ACTIVE, 10% IN_TRIAL, 10% CANCELED
+        "INSERT INTO subscriptions (subscription_id, customer_id, status, plan_id, plan_name,
+             billing_id, billing_period, start_date, raw, version)
+         SELECT 'sub-' || g, 'cust-' || g,
+                CASE g % 10 WHEN 0 THEN 'CANCELED' WHEN 1 THEN 'IN_TRIAL' ELSE 'ACTIVE' END,
+                CASE WHEN g % 3 = 0 THEN 'plan-pro' ELSE 'plan-growth' END,
+                CASE WHEN g % 3 = 0 THEN 'Pro' ELSE 'Growth' END,
+                'sub_' || g, 'MONTHLY', now() - interval '40 days',
+                jsonb_build_object('id', 'sub-' || g, 'customer', jsonb_build_object('id', 'cust-' || g)),
+                now() - interval '1 day'
+         FROM generate_series(1, $1) g",
+        "INSERT INTO entitlement_sets (customer_id, resource_key, version, entitlements)
+         SELECT 'cust-' || g, '', now() - interval '1 day', '[]'::jsonb
+         FROM generate_series(1, $1) g",
+        "INSERT INTO entitlements (customer_id, resource_key, feature_id, feature_type,
+             meter_type, usage_limit, has_unlimited, has_soft_limit, period_anchor,
+             period_start, period_end, reset_period, enum_values)
+         SELECT 'cust-' || g, '', f.feature_id, f.feature_type, f.meter_type, f.usage_limit,
+                f.has_unlimited, f.has_soft_limit,
+                CASE WHEN f.reset_period IS NOT NULL THEN now() - interval '40 days' END,
+                CASE WHEN f.reset_period IS NOT NULL THEN now() - interval '10 days' END,
+                CASE WHEN f.reset_period IS NOT NULL THEN now() + interval '20 days' END,
+                f.reset_period, f.enum_values
+         FROM generate_series(1, $1) g CROSS JOIN (VALUES
+           ('feature-sso', 'BOOLEAN', NULL, NULL::float8, false, false, NULL, NULL::text[]),
+           ('feature-max-projects', 'NUMBER', NULL, 25, false, false, NULL, NULL),
+           ('feature-api-calls', 'NUMBER', 'INCREMENTAL', 10000, false, false, 'MONTH', NULL),
+           ('feature-seats', 'NUMBER', 'FLUCTUATING', 15, false, false, NULL, NULL),
+           ('feature-storage-gb', 'NUMBER', 'FLUCTUATING', NULL, true, false, NULL, NULL),
+           ('feature-emails', 'NUMBER', 'INCREMENTAL', 500, false, true, 'MONTH', NULL),
+           ('feature-region', 'ENUM', NULL, NULL, false, false, NULL, ARRAY['us', 'eu']),
+           ('feature-page-views', 'NUMBER', 'INCREMENTAL', 100000, false, false, 'MONTH', NULL)
+         ) AS f(feature_id, feature_type, meter_type, usage_limit, has_unlimited,
+                has_soft_limit, reset_period, enum_values)",
+        "INSERT INTO usage (customer_id, resource_key, feature_id, current_usage, version,
+             period_start, period_end)
+         SELECT 'cust-' || g, '', f.feature_id, floor(random() * f.cap), now() - interval '1 hour',
+                CASE WHEN f.monthly THEN now() - interval '10 days' END,
+                CASE WHEN f.monthly THEN now() + interval '20 days' END
+         FROM generate_series(1, $1) g CROSS JOIN (VALUES
+           ('feature-api-calls', 12000, true), ('feature-seats', 17, false),
+           ('feature-storage-gb', 2000, false), ('feature-emails', 600, true),
+           ('feature-page-views', 110000, true)
+         ) AS f(feature_id, cap, monthly)",
+    ];
+    for sql in statements {
+        sqlx::query(sql).bind(c).execute(pool).await?;
+    }
+    sqlx::raw_sql("VACUUM ANALYZE").execute(pool).await?;
+    Ok(())
+}
+
+const CHECK_FEATURES: [(&str, Option<&str>); 8] = [
+    ("feature-sso", None),
+    ("feature-max-projects", Some("usage")),
+    ("feature-api-calls", Some("usage")),
+    ("feature-seats", Some("usage")),
+    ("feature-storage-gb", Some("usage")),
+    ("feature-emails", Some("usage")),
+    ("feature-region", Some("values")),
+    ("feature-page-views", Some("usage")),
+];
+
+fn check_access_body(rng: &mut SmallRng, customers: usize) -> String {
+    // 1% unknown customers
+    let customer = if rng.random_bool(0.01) {
+        format!("cust-missing-{}", rng.random_range(0..1_000_000))
+    } else {
+        format!("cust-{}", rng.random_range(1..=customers))
+    };
+    let (feature, extra) = CHECK_FEATURES[rng.random_range(0..CHECK_FEATURES.len())];
+    match extra {
+        Some("usage") if rng.random_bool(0.5) => format!(
+            r#"{{"customerId":"{customer}","featureId":"{feature}","requestedUsage":{}}}"#,
+            rng.random_range(1..5)
+        ),
+        Some("values") => format!(
+            r#"{{"customerId":"{customer}","featureId":"{feature}","requestedValues":["{}"]}}"#,
+            ["us", "eu", "ap"][rng.random_range(0..3)]
+        ),
+        _ => format!(r#"{{"customerId":"{customer}","featureId":"{feature}"}}"#),
+    }
+}
+
+const GRAPHQL_QUERY: &str = "query($id:String!){ customer(customerId:$id){ customerId name email subscriptions { nodes { subscriptionId status planId } } } }";
+
+fn graphql_body(rng: &mut SmallRng, customers: usize) -> String {
+    json!({
+        "query": GRAPHQL_QUERY,
+        "variables": {"id": format!("cust-{}", rng.random_range(1..=customers))}
+    })
+    .to_string()
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn spawn_server(env: &Env, db_url: &str, port: u16, log: &str) -> Result<Child> {
+    let mut cmd = env.command(&["serve"], log)?;
+    cmd.env("DATABASE_URL", db_url)
+        .env("HTTP_ADDR", format!("127.0.0.1:{port}"));
+    cmd.spawn().context("spawning the server")
+}
+
+/// Polls `/readyz` (a new connection each time, every millisecond) until it answers 200.
+async fn wait_ready(addr: SocketAddr, child: &mut Child, within: Duration) -> Result<()> {
+    let started = Instant::now();
+    let request = b"GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+    loop {
+        if let Ok(mut c) = Http::connect(addr).await {
+            if let Ok(200) = c.roundtrip(request).await {
+                return Ok(());
+            }
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!("the server exited ({status}) before it was ready");
+        }
+        if started.elapsed() > within {
+            bail!("/readyz did not answer 200 within {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+async fn access_path(env: &Arc<Env>, plan: &Plan, table: &mut Table) -> Result<()> {
+    section(&format!(
+        "Access path: {} customers × 8 features",
+        plan.customers
+    ));
+    let (db_url, pool) = env.fresh_database().await?;
+    let t = Instant::now();
+    fill_access_database(&pool, plan.customers).await?;
+    let size: String =
+        sqlx::query_scalar("SELECT pg_size_pretty(pg_database_size(current_database()))")
+            .fetch_one(&pool)
+            .await?;
+    note(format!(
+        "filled by SQL in {:.1} s ({size})",
+        t.elapsed().as_secs_f64()
+    ));
+    pool.close().await;
+
+    if plan.runs("startup") {
+        section("Start-up: spawn `serve` on a migrated database until the first /readyz 200");
+        let mut times = Vec::new();
+        for i in 0..5 {
+            let port = free_port()?;
+            let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+            let started = Instant::now();
+            let mut child = spawn_server(env, &db_url, port, "startup.log")?;
+            wait_ready(addr, &mut child, Duration::from_secs(30)).await?;
+            let ms = started.elapsed().as_secs_f64() * 1000.0;
+            let rss = child.id().and_then(rss_mib).unwrap_or(f64::NAN);
+            note(format!(
+                "run {}: {ms:.1} ms (RSS when ready {rss:.1} MiB)",
+                i + 1
+            ));
+            times.push(ms);
+            stop(child).await;
+        }
+        times.sort_by(f64::total_cmp);
+        let best = times[0];
+        note(format!(
+            "best {best:.1} ms, median {:.1} ms",
+            times[times.len() / 2]
+        ));
+        table.row(
+            "start-up to /readyz 200 (best of 5)",
+            format!("{best:.0} ms"),
+            "<= 300 ms",
+            Some(best <= 300.0),
+        );
+    }
+
+    if !(plan.runs("access") || plan.runs("graphql")) {
+        return Ok(());
+    }
+    let port = free_port()?;
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    let mut child = spawn_server(env, &db_url, port, "serve.log")?;
+    wait_ready(addr, &mut child, Duration::from_secs(30)).await?;
+    let pid = child.id().context("server pid")?;
+    note(format!(
+        "server ready, idle RSS {:.1} MiB",
+        rss_mib(pid).unwrap_or(f64::NAN)
+    ));
+    let customers = plan.customers;
+
+    if plan.runs("access") {
+        section(&format!(
+            "/check-access: {} connections, {:.0} s (after {:.1} s warm-up)",
+            plan.connections,
+            plan.load.as_secs_f64(),
+            plan.warmup.as_secs_f64()
+        ));
+        let cpu0 = cpu_snapshot(Some(pid));
+        let report = load(
+            addr,
+            "/check-access",
+            plan.connections,
+            plan.warmup,
+            plan.load,
+            Arc::new(move |rng: &mut SmallRng| check_access_body(rng, customers)),
+        )
+        .await?;
+        let cpu1 = cpu_snapshot(Some(pid));
+        let rss = peak_rss_mib(pid).unwrap_or(f64::NAN);
+        report.describe();
+        note(format!("server peak RSS {rss:.1} MiB"));
+        note(cpu_line(&cpu0, &cpu1, "server"));
+        let ok_statuses = report.count(200) + report.count(403);
+        if ok_statuses < report.requests {
+            note(format!(
+                "WARNING: {} answers were neither 200 nor 403",
+                report.requests - ok_statuses
+            ));
+        }
+        table.row(
+            "/check-access throughput",
+            format!("{:.0} req/s", report.rate()),
+            ">= 10000 req/s",
+            Some(report.rate() >= 10_000.0),
+        );
+        table.row(
+            "/check-access p50",
+            format!("{:.2} ms", report.percentile(0.50)),
+            "",
+            None,
+        );
+        table.row(
+            "/check-access p99",
+            format!("{:.2} ms", report.percentile(0.99)),
+            "<= 5 ms",
+            Some(report.percentile(0.99) <= 5.0),
+        );
+        table.row(
+            "/check-access p99.9",
+            format!("{:.2} ms", report.percentile(0.999)),
+            "",
+            None,
+        );
+        table.row(
+            "server peak RSS, /check-access load",
+            format!("{rss:.1} MiB"),
+            "<= 64 MiB",
+            Some(rss <= 64.0),
+        );
+    }
+
+    if plan.runs("graphql") {
+        section(&format!(
+            "GraphQL customer query: {} connections, {:.0} s",
+            plan.connections,
+            plan.load.as_secs_f64()
+        ));
+        // is /graphql there, and does the query answer data?
+        let body = graphql_body(&mut SmallRng::seed_from_u64(1), customers);
+        let mut probe = Http::connect(addr).await?;
+        let status = probe.roundtrip(&post("/graphql", &body)).await?;
+        let answer: Value = serde_json::from_slice(probe.body()).unwrap_or(Value::Null);
+        if status == 404 {
+            note("/graphql answers 404: not available in this build");
+            for m in ["GraphQL customer throughput", "GraphQL p99"] {
+                table.row(m, "n/a".into(), "", None);
+            }
+        } else {
+            if status != 200
+                || answer.get("errors").is_some()
+                || answer["data"]["customer"].is_null()
+            {
+                note(format!(
+                    "WARNING: probe answered {status}: {}",
+                    String::from_utf8_lossy(probe.body())
+                ));
+            }
+            drop(probe);
+            let cpu0 = cpu_snapshot(Some(pid));
+            let report = load(
+                addr,
+                "/graphql",
+                plan.connections,
+                plan.warmup,
+                plan.load,
+                Arc::new(move |rng: &mut SmallRng| graphql_body(rng, customers)),
+            )
+            .await?;
+            let cpu1 = cpu_snapshot(Some(pid));
+            let rss = peak_rss_mib(pid).unwrap_or(f64::NAN);
+            report.describe();
+            note(format!("server peak RSS so far {rss:.1} MiB"));
+            note(cpu_line(&cpu0, &cpu1, "server"));
+            if report.count(200) < report.requests {
+                note(format!(
+                    "WARNING: {} answers were not 200",
+                    report.requests - report.count(200)
+                ));
+            }
+            table.row(
+                "GraphQL customer throughput",
+                format!("{:.0} req/s", report.rate()),
+                ">= 8000 req/s",
+                Some(report.rate() >= 8_000.0),
+            );
+            table.row(
+                "GraphQL p50",
+                format!("{:.2} ms", report.percentile(0.50)),
+                "",
+                None,
+            );
+            table.row(
+                "GraphQL p99",
+                format!("{:.2} ms", report.percentile(0.99)),
+                "<= 10 ms",
+                Some(report.percentile(0.99) <= 10.0),
+            );
+            table.row(
+                "GraphQL p99.9",
+                format!("{:.2} ms", report.percentile(0.999)),
+                "",
+                None,
+            );
+            table.row(
+                "server peak RSS, after GraphQL load",
+                format!("{rss:.1} MiB"),
+                "<= 64 MiB",
+                Some(rss <= 64.0),
+            );
+        }
+    }
+    stop(child).await;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP load generator: keep-alive HTTP/1.1 over plain TCP, one request in flight per
+// connection (as wrk and oha do), latencies kept exactly.
+// ---------------------------------------------------------------------------------------------
+
+fn post(path: &str, body: &str) -> Vec<u8> {
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+struct Http {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    body_at: usize,
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+impl Http {
+    async fn connect(addr: SocketAddr) -> std::io::Result<Self> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(Self {
+            stream,
+            buf: Vec::with_capacity(8192),
+            body_at: 0,
+        })
+    }
+
+    async fn fill(&mut self) -> std::io::Result<()> {
+        if self.stream.read_buf(&mut self.buf).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(())
+    }
+
+    /// Sends one request, reads the whole answer; returns the status.
+    async fn roundtrip(&mut self, request: &[u8]) -> std::io::Result<u16> {
+        self.stream.write_all(request).await?;
+        self.buf.clear();
+        let head_end = loop {
+            self.fill().await?;
+            if let Some(p) = find(&self.buf, b"\r\n\r\n") {
+                break p + 4;
+            }
+        };
+        let head = std::str::from_utf8(&self.buf[..head_end])
+            .map_err(|_| std::io::Error::other("head is not UTF-8"))?;
+        let status: u16 = head
+            .get(9..12)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| std::io::Error::other("no status"))?;
+        let mut length = None;
+        let mut chunked = false;
+        for line in head.split("\r\n").skip(1) {
+            let Some((k, v)) = line.split_once(':') else {
+                continue;
+            };
+            if k.eq_ignore_ascii_case("content-length") {
+                length = v.trim().parse::<usize>().ok();
+            } else if k.eq_ignore_ascii_case("transfer-encoding")
+                && v.to_ascii_lowercase().contains("chunked")
+            {
+                chunked = true;
+            }
+        }
+        self.body_at = head_end;
+        if chunked {
+            while !self.buf.ends_with(b"0\r\n\r\n") {
+                self.fill().await?;
+            }
+        } else {
+            let want = head_end + length.unwrap_or(0);
+            while self.buf.len() < want {
+                self.fill().await?;
+            }
+        }
+        Ok(status)
+    }
+
+    fn body(&self) -> &[u8] {
+        &self.buf[self.body_at..]
+    }
+}
+
+struct LoadReport {
+    requests: u64,
+    io_errors: u64,
+    statuses: BTreeMap<u16, u64>,
+    seconds: f64,
+    /// Latencies of the measured requests, microseconds, sorted.
+    latencies: Vec<u32>,
+}
+
+impl LoadReport {
+    fn rate(&self) -> f64 {
+        self.requests as f64 / self.seconds
+    }
+
+    fn count(&self, status: u16) -> u64 {
+        self.statuses.get(&status).copied().unwrap_or(0)
+    }
+
+    /// In milliseconds.
+    fn percentile(&self, q: f64) -> f64 {
+        if self.latencies.is_empty() {
+            return f64::NAN;
+        }
+        let rank =
+            ((q * self.latencies.len() as f64).ceil() as usize).clamp(1, self.latencies.len());
+        self.latencies[rank - 1] as f64 / 1000.0
+    }
+
+    fn describe(&self) {
+        note(format!(
+            "{} requests in {:.1} s = {:.0} req/s; latency p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, \
+             p99.9 {:.2} ms, max {:.2} ms; statuses {:?}; connection errors {}",
+            self.requests,
+            self.seconds,
+            self.rate(),
+            self.percentile(0.5),
+            self.percentile(0.9),
+            self.percentile(0.99),
+            self.percentile(0.999),
+            self.percentile(1.0),
+            self.statuses,
+            self.io_errors
+        ));
+    }
+}
+
+type BodyFn = Arc<dyn Fn(&mut SmallRng) -> String + Send + Sync>;
+
+/// `connections` keep-alive connections, each sending the next request as soon as the answer
+/// came. Requests sent during the warm-up are not counted.
+async fn load(
+    addr: SocketAddr,
+    path: &'static str,
+    connections: usize,
+    warmup: Duration,
+    duration: Duration,
+    body: BodyFn,
+) -> Result<LoadReport> {
+    let start = Instant::now();
+    let measure_from = start + warmup;
+    let end = measure_from + duration;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..connections {
+        let body = body.clone();
+        tasks.spawn(async move {
+            let mut rng = SmallRng::seed_from_u64(1000 + i as u64);
+            let mut lat: Vec<u32> = Vec::with_capacity(1 << 14);
+            let mut statuses: BTreeMap<u16, u64> = BTreeMap::new();
+            let mut io_errors = 0u64;
+            let mut conn = None;
+            loop {
+                let now = Instant::now();
+                if now >= end {
+                    break;
+                }
+                let c = match conn.as_mut() {
+                    Some(c) => c,
+                    None => match Http::connect(addr).await {
+                        Ok(c) => conn.insert(c),
+                        Err(_) => {
+                            io_errors += 1;
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            continue;
+                        }
+                    },
+                };
+                let request = post(path, &body(&mut rng));
+                let sent = Instant::now();
+                match c.roundtrip(&request).await {
+                    Ok(status) => {
+                        let done = Instant::now();
+                        if sent >= measure_from && done <= end {
+                            lat.push(
+                                done.duration_since(sent).as_micros().min(u32::MAX as u128) as u32
+                            );
+                            *statuses.entry(status).or_default() += 1;
+                        }
+                    }
+                    Err(_) => {
+                        io_errors += 1;
+                        conn = None;
+                    }
+                }
+            }
+            (lat, statuses, io_errors)
+        });
+    }
+    let mut latencies = Vec::new();
+    let mut statuses: BTreeMap<u16, u64> = BTreeMap::new();
+    let mut io_errors = 0;
+    while let Some(r) = tasks.join_next().await {
+        let (l, s, e) = r?;
+        latencies.extend(l);
+        for (k, v) in s {
+            *statuses.entry(k).or_default() += v;
+        }
+        io_errors += e;
+    }
+    latencies.sort_unstable();
+    Ok(LoadReport {
+        requests: latencies.len() as u64,
+        io_errors,
+        statuses,
+        seconds: duration.as_secs_f64(),
+        latencies,
+    })
+}
