@@ -87,14 +87,43 @@ impl Consumer {
     }
 
     /// Runs until `shutdown`; then stops receiving, lets in-flight work finish within the
-    /// visibility timeout, and makes whatever is left visible again.
+    /// visibility timeout, and makes whatever is left visible again. One receive loop per ten
+    /// permits, so that receiving keeps up with WORKER_CONCURRENCY.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let permits = Arc::new(Semaphore::new(self.cfg.concurrency));
         let tasks = TaskTracker::new();
         let hard_stop = CancellationToken::new();
-        let mut backoff = receive_backoff();
+        let pollers = self.cfg.concurrency.div_ceil(10).max(1);
         self.health.set_consumer_running(true);
-        info!(queue = %self.cfg.queue_url, concurrency = self.cfg.concurrency, "consumer started");
+        info!(queue = %self.cfg.queue_url, concurrency = self.cfg.concurrency, pollers,
+              "consumer started");
+        let mut loops = tokio::task::JoinSet::new();
+        for _ in 0..pollers {
+            let this = self.clone();
+            let ctx = (permits.clone(), tasks.clone(), shutdown.clone(), hard_stop.clone());
+            loops.spawn(async move { this.poll(ctx.0, ctx.1, ctx.2, ctx.3).await });
+        }
+        while loops.join_next().await.is_some() {}
+        info!(in_flight = tasks.len(), "shutting down: receiving stopped, draining");
+        tasks.close();
+        if tokio::time::timeout(self.cfg.visibility, tasks.wait()).await.is_err() {
+            warn!("in-flight work outlived the visibility timeout; releasing it");
+            hard_stop.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(3), tasks.wait()).await;
+        }
+        self.health.set_consumer_running(false);
+        info!("consumer stopped");
+    }
+
+    /// One receive loop: take permits, receive, hand the batch to a task, until shutdown.
+    async fn poll(
+        self: Arc<Self>,
+        permits: Arc<Semaphore>,
+        tasks: TaskTracker,
+        shutdown: CancellationToken,
+        hard_stop: CancellationToken,
+    ) {
+        let mut backoff = receive_backoff();
         loop {
             if !self.health.database_ok() && !self.wait_for_database(&shutdown).await {
                 break;
@@ -143,21 +172,6 @@ impl Consumer {
                 drop(held);
             });
         }
-        info!(
-            in_flight = tasks.len(),
-            "shutting down: receiving stopped, draining"
-        );
-        tasks.close();
-        if tokio::time::timeout(self.cfg.visibility, tasks.wait())
-            .await
-            .is_err()
-        {
-            warn!("in-flight work outlived the visibility timeout; releasing it");
-            hard_stop.cancel();
-            let _ = tokio::time::timeout(Duration::from_secs(3), tasks.wait()).await;
-        }
-        self.health.set_consumer_running(false);
-        info!("consumer stopped");
     }
 
     /// While the database is down: poll it, receive nothing. `false` on shutdown.
