@@ -11,7 +11,7 @@ use axum::Json;
 use serde_json::Value;
 
 use super::{ApiError, AppState};
-use crate::access::{decide, AccessRequest};
+use crate::access::{decide, AccessRequest, StoredAccess};
 use crate::{store, telemetry};
 
 pub async fn check_access(
@@ -20,14 +20,7 @@ pub async fn check_access(
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     let request = parse_request(&body).map_err(ApiError::bad_request)?;
-    let stored = store::load_access(
-        &state.pool,
-        &request.customer_id,
-        request.resource_id.as_deref(),
-        &request.feature_id,
-    )
-    .await
-    .map_err(|e| ApiError::internal(&e))?;
+    let stored = load(&state, &request).await?;
     let decision = decide(&request, &stored, chrono::Utc::now());
     let (status, result) = if decision.has_access {
         (StatusCode::OK, "allowed")
@@ -36,6 +29,35 @@ pub async fn check_access(
     };
     telemetry::check_access(result, started.elapsed().as_secs_f64());
     Ok((status, Json(decision)).into_response())
+}
+
+/// Ids holding a NUL character cannot be stored in PostgreSQL, so nothing matches them; they
+/// are answered without asking the database (which would refuse them), still as denials.
+async fn load(state: &AppState, request: &AccessRequest) -> Result<StoredAccess, ApiError> {
+    if request.customer_id.contains('\0') {
+        return Ok(StoredAccess::default());
+    }
+    let resource_unstorable = request
+        .resource_id
+        .as_deref()
+        .is_some_and(|r| r.contains('\0'));
+    let feature = if request.feature_id.contains('\0') {
+        ""
+    } else {
+        &request.feature_id
+    };
+    let resource = if resource_unstorable {
+        None
+    } else {
+        request.resource_id.as_deref()
+    };
+    let mut stored = store::load_access(&state.pool, &request.customer_id, resource, feature)
+        .await
+        .map_err(|e| ApiError::internal(&e))?;
+    if resource_unstorable {
+        stored.resource_set_exists = false;
+    }
+    Ok(stored)
 }
 
 /// Validates the JSON body into an [`AccessRequest`]; the error says what is wrong.

@@ -333,7 +333,8 @@ async fn queue_credentials_come_from_the_edge_api_when_a_key_is_set() {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         seen.lock().unwrap().push((key, q));
-        let expiration = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+        // short-lived, so that the refresh before expiry shows within the test
+        let expiration = (chrono::Utc::now() + chrono::Duration::seconds(13)).to_rfc3339();
         axum::Json(
             json!({"accessKeyId": "AKIDEDGE", "secretAccessKey": "secret", "sessionToken": "token", "expiration": expiration}),
         )
@@ -371,8 +372,13 @@ async fn queue_credentials_come_from_the_edge_api_when_a_key_is_set() {
         || async { count(&pool, "SELECT count(*) FROM inbox").await == 1 },
     )
     .await;
+    eventually(
+        Duration::from_secs(20),
+        "credentials refreshed before they expire",
+        || async { seen.lock().unwrap().len() >= 2 },
+    )
+    .await;
     let calls = seen.lock().unwrap().clone();
-    assert!(!calls.is_empty());
     let (key, query) = &calls[0];
     assert_eq!(key.as_deref(), Some("server-key-1"));
     assert_eq!(query.get("queueUrl"), Some(&queue));

@@ -165,6 +165,20 @@ async fn decisions_for_every_kind_of_entitlement() {
         (403, &json!("CustomerResourceNotFound"))
     );
 
+    // whatever the ids contain, a denial is a 403
+    for (customer, feature, resource) in [
+        ("nul\u{0}", "feature-sso", None),
+        (c, "feature\u{0}", None),
+        (c, "feature-sso", Some("site\u{0}")),
+    ] {
+        let (s, b2) = check(
+            &app,
+            json!({"customerId": customer, "featureId": feature, "resourceId": resource}),
+        )
+        .await;
+        assert_eq!(s, 403, "{b2}");
+    }
+
     let keys: Vec<&str> = b.as_object().unwrap().keys().map(String::as_str).collect();
     for k in [
         "hasAccess",
