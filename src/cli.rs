@@ -21,7 +21,12 @@ use crate::{store, Roles};
     name = "stigg-byos",
     version,
     about = "A live replica of your Stigg entitlement data: \
-    consumes Stigg's SQS queue into PostgreSQL and answers /check-access and GraphQL from it."
+    consumes Stigg's SQS queue into PostgreSQL and answers /check-access and GraphQL from it.",
+    after_help = "AWS settings are read by the AWS SDK from the standard variables: AWS_REGION \
+    (default: the region in SQS_QUEUE_URL, else us-east-1), AWS_ENDPOINT_URL or \
+    AWS_ENDPOINT_URL_SQS (e.g. LocalStack), and the credentials chain (AWS_ACCESS_KEY_ID, \
+    AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_PROFILE, instance/task role), used when \
+    STIGG_SERVER_API_KEY is unset. RUST_LOG filters logs (default info)."
 )]
 pub struct Cli {
     #[command(flatten)]

@@ -100,13 +100,24 @@ impl Consumer {
         let mut loops = tokio::task::JoinSet::new();
         for _ in 0..pollers {
             let this = self.clone();
-            let ctx = (permits.clone(), tasks.clone(), shutdown.clone(), hard_stop.clone());
+            let ctx = (
+                permits.clone(),
+                tasks.clone(),
+                shutdown.clone(),
+                hard_stop.clone(),
+            );
             loops.spawn(async move { this.poll(ctx.0, ctx.1, ctx.2, ctx.3).await });
         }
         while loops.join_next().await.is_some() {}
-        info!(in_flight = tasks.len(), "shutting down: receiving stopped, draining");
+        info!(
+            in_flight = tasks.len(),
+            "shutting down: receiving stopped, draining"
+        );
         tasks.close();
-        if tokio::time::timeout(self.cfg.visibility, tasks.wait()).await.is_err() {
+        if tokio::time::timeout(self.cfg.visibility, tasks.wait())
+            .await
+            .is_err()
+        {
             warn!("in-flight work outlived the visibility timeout; releasing it");
             hard_stop.cancel();
             let _ = tokio::time::timeout(Duration::from_secs(3), tasks.wait()).await;

@@ -6,14 +6,19 @@ use std::sync::Arc;
 
 use async_graphql::{Context, Enum, InputObject, Json, MaybeUndefined, Object, Result};
 use chrono::{DateTime, Utc};
-use sqlx::{FromRow, PgPool};
+use sqlx::{FromRow, PgPool, Row};
 
 use super::entitlements::{self, AccessDecision, Entitlement};
-use super::error::Internal;
+use super::error::{or_null, Internal};
 use super::loaders::Db;
-use super::page::{self, connection, Args, Column, Conn, Kind, Node, OrderBy, Page, Scope, Spec, Table, Term, Value};
+use super::page::{
+    self, connection, Args, Column, Conn, Kind, Node, OrderBy, Page, Scope, Spec, Table, Term,
+    Value,
+};
 use super::scalars::{Cursor, Datetime};
-use super::subscriptions::{self, Subscription, SubscriptionCondition, SubscriptionsConnection, SubscriptionsOrderBy};
+use super::subscriptions::{
+    self, Subscription, SubscriptionCondition, SubscriptionsConnection, SubscriptionsOrderBy,
+};
 
 const fn text(sql: &'static str, nullable: bool) -> Column {
     Column {
@@ -44,7 +49,6 @@ pub static TABLE: Table = Table {
     name: "customers",
     select: SELECT,
     visible: "NOT t.is_deleted",
-    pk: CUSTOMER_ID,
 };
 
 #[derive(Debug, Clone, FromRow)]
@@ -88,7 +92,10 @@ pub async fn by_id(pool: &PgPool, id: &str) -> Result<Option<Customer>, Internal
 
 /// A live customer by id with the first page of its subscriptions, in one round trip (the
 /// hot path of `customer(customerId) { … subscriptions { nodes { … } } }`).
-pub async fn by_id_with_subscriptions(pool: &PgPool, id: &str) -> Result<Option<Customer>, Internal> {
+pub async fn by_id_with_subscriptions(
+    pool: &PgPool,
+    id: &str,
+) -> Result<Option<Customer>, Internal> {
     const SQL: &str = "SELECT t.customer_id, t.name, t.email, t.billing_id, t.created_at,
             t.updated_at, s.*
          FROM customers t
@@ -103,7 +110,16 @@ pub async fn by_id_with_subscriptions(pool: &PgPool, id: &str) -> Result<Option<
     let Some(first) = rows.first() else {
         return Ok(None);
     };
-    let mut customer = Customer::from_row(first)?;
+    // by position: the subscription columns repeat some of the customer's names
+    let mut customer = Customer {
+        customer_id: first.try_get(0)?,
+        name: first.try_get(1)?,
+        email: first.try_get(2)?,
+        billing_id: first.try_get(3)?,
+        created_at: first.try_get(4)?,
+        updated_at: first.try_get(5)?,
+        subscriptions: None,
+    };
     let subs = rows
         .iter()
         .filter_map(|r| Subscription::at(r, 6).transpose())
@@ -112,10 +128,54 @@ pub async fn by_id_with_subscriptions(pool: &PgPool, id: &str) -> Result<Option<
     Ok(Some(customer))
 }
 
+/// Whether `nodes { subscriptions }` or `edges { node { subscriptions } }` is asked
+/// without arguments somewhere in this connection's selection, and if so whether its
+/// `totalCount` is.
+pub fn plain_subscriptions_wanted(ctx: &Context<'_>) -> Option<bool> {
+    let la = ctx.look_ahead();
+    let mut selections = la.field("nodes").field("subscriptions").selection_fields();
+    selections.extend(
+        la.field("edges")
+            .field("node")
+            .field("subscriptions")
+            .selection_fields(),
+    );
+    let plain: Vec<_> = selections
+        .into_iter()
+        .filter(|s| s.arguments().is_ok_and(|a| a.is_empty()))
+        .collect();
+    if plain.is_empty() {
+        return None;
+    }
+    Some(
+        plain
+            .into_iter()
+            .any(|s| s.selection_set().any(|f| f.name() == "totalCount")),
+    )
+}
+
+/// Loads the first page of subscriptions (no arguments) of every customer of a page, in
+/// one query (two with the counts), so that no dataloader window decides the round trips.
+pub async fn preload_subscriptions(
+    pool: &PgPool,
+    customers: &mut [Customer],
+    want_total: bool,
+) -> Result<(), Internal> {
+    let ids: Vec<String> = customers.iter().map(|c| c.customer_id.clone()).collect();
+    let mut spec = Spec::plain(subscriptions::SUBSCRIPTION_ID);
+    spec.want_total = want_total;
+    let mut pages = page::fetch_children::<Subscription>(pool, "customer_id", &ids, &spec).await?;
+    for c in customers {
+        c.subscriptions = pages.remove(&c.customer_id).map(Arc::new);
+    }
+    Ok(())
+}
+
 /// What a connection's selection asks for: rows (nodes, edges or pageInfo), the count.
 pub fn wants(ctx: &Context<'_>) -> (bool, bool) {
     let la = ctx.look_ahead();
-    let rows = la.field("nodes").exists() || la.field("edges").exists() || la.field("pageInfo").exists();
+    let rows =
+        la.field("nodes").exists() || la.field("edges").exists() || la.field("pageInfo").exists();
     (rows, la.field("totalCount").exists())
 }
 
@@ -147,12 +207,12 @@ impl Customer {
 
     /// The customer-level entitlements as Stigg sent them, each with its `currentUsage` set
     /// to the latest usage reported for it. Null until Stigg sent a customer-level set.
-    async fn entitlements(&self, ctx: &Context<'_>) -> Result<Option<Json<serde_json::Value>>> {
+    async fn entitlements(&self, ctx: &Context<'_>) -> Option<Json<serde_json::Value>> {
         let list = Db::of(ctx)
-            .entitlement_json
+            .entitlement_json()
             .load_one(self.customer_id.clone())
-            .await?;
-        Ok(list.map(Json))
+            .await;
+        or_null(ctx, list.map_err(Into::into)).map(Json)
     }
 
     /// Reads and enables pagination through a set of `Subscription`.
@@ -167,8 +227,12 @@ impl Customer {
             desc = "Skip the first `n` values from our `after` cursor, an alternative to cursor based pagination. May not be used with `last`."
         )]
         offset: Option<i32>,
-        #[graphql(desc = "Read all values in the set before (above) this cursor.")] before: Option<Cursor>,
-        #[graphql(desc = "Read all values in the set after (below) this cursor.")] after: Option<Cursor>,
+        #[graphql(desc = "Read all values in the set before (above) this cursor.")] before: Option<
+            Cursor,
+        >,
+        #[graphql(desc = "Read all values in the set after (below) this cursor.")] after: Option<
+            Cursor,
+        >,
         #[graphql(
             desc = "The method to use when ordering `Subscription`.",
             default_with = "Some(vec![SubscriptionsOrderBy::PrimaryKeyAsc])"
@@ -194,6 +258,15 @@ impl Customer {
         let plain = args.is_empty()
             && condition.is_none()
             && order_by.as_deref() == Some(&[SubscriptionsOrderBy::PrimaryKeyAsc][..]);
+        let la = ctx.look_ahead();
+        if la.field("nodes").field("customer").exists()
+            || la.field("edges").field("node").field("customer").exists()
+        {
+            // each subscription's customer is this one: no query for it
+            let mut me = self.clone();
+            me.subscriptions = None;
+            db.customers().feed_one(me.customer_id.clone(), me).await;
+        }
         if let (true, Some(page)) = (plain, &self.subscriptions) {
             return Ok(SubscriptionsConnection(Conn {
                 pool: db.pool.clone(),
@@ -203,11 +276,16 @@ impl Customer {
             }));
         }
         let filter = SubscriptionCondition::filter(condition.as_ref());
-        let mut spec = Spec::new(args, order_by.as_deref(), subscriptions::SUBSCRIPTION_ID, filter)?;
+        let mut spec = Spec::new(
+            args,
+            order_by.as_deref(),
+            subscriptions::SUBSCRIPTION_ID,
+            filter,
+        )?;
         (spec.want_rows, spec.want_total) = wants(ctx);
         let spec = Arc::new(spec);
         let page = db
-            .subscription_pages
+            .subscription_pages()
             .load_one((self.customer_id.clone(), spec.clone()))
             .await?
             .unwrap_or_else(|| {
@@ -234,7 +312,7 @@ impl Customer {
     ) -> Result<Vec<Entitlement>> {
         let key = entitlements::resource_key(resource_id.as_deref())?;
         let list = Db::of(ctx)
-            .entitlement_lists
+            .entitlement_lists()
             .load_one((self.customer_id.clone(), key))
             .await?
             .unwrap_or_default();
@@ -326,7 +404,9 @@ pub struct CustomerCondition {
 
 impl CustomerCondition {
     pub fn filter(condition: Option<&Self>) -> Vec<(Column, Value)> {
-        let Some(c) = condition else { return Vec::new() };
+        let Some(c) = condition else {
+            return Vec::new();
+        };
         let mut out = Vec::new();
         for (col, v) in [
             (CUSTOMER_ID, &c.customer_id),

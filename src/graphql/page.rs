@@ -13,7 +13,9 @@ use sqlx::postgres::PgRow;
 use sqlx::{FromRow, PgPool, Postgres, QueryBuilder, Row};
 
 use super::error::Internal;
-use super::scalars::{base64_decode, base64_encode, format_datetime, parse_datetime, Cursor, Datetime};
+use super::scalars::{
+    base64_decode, base64_encode, format_datetime, parse_datetime, Cursor, Datetime,
+};
 
 /// The most rows one page may ask for (`first` / `last`), and what a page without either
 /// holds at most.
@@ -78,7 +80,6 @@ pub struct Table {
     pub select: &'static str,
     /// What makes a row visible at the top level (tombstones never are).
     pub visible: &'static str,
-    pub pk: Column,
 }
 
 /// A row type that connections return.
@@ -194,7 +195,10 @@ impl Spec {
     /// The spec of a connection asked with no arguments at all (`orderBy` at its default).
     pub fn plain(pk: Column) -> Spec {
         Spec {
-            order: vec![Term { col: pk, desc: false }],
+            order: vec![Term {
+                col: pk,
+                desc: false,
+            }],
             prefix: vec!["primary_key_asc".into()],
             filter: Vec::new(),
             limit: i64::from(MAX_PAGE),
@@ -213,9 +217,15 @@ fn ordering<O: OrderBy>(order_by: Option<&[O]>, pk: Column) -> (Vec<Term>, Vec<S
     let list = order_by.unwrap_or_default();
     let mut order: Vec<Term> = list.iter().filter_map(|o| o.term()).collect();
     if !order.iter().any(|t| t.col == pk) {
-        order.push(Term { col: pk, desc: false });
+        order.push(Term {
+            col: pk,
+            desc: false,
+        });
     }
-    let mut prefix: Vec<String> = list.iter().map(|o| enum_name(*o).to_ascii_lowercase()).collect();
+    let mut prefix: Vec<String> = list
+        .iter()
+        .map(|o| enum_name(*o).to_ascii_lowercase())
+        .collect();
     if prefix.is_empty() {
         prefix.push("natural".into());
     }
@@ -279,14 +289,15 @@ pub fn time_condition(out: &mut Vec<(Column, Value)>, col: Column, v: &MaybeUnde
 
 /// The complexity of a connection: its children once per row it may return.
 pub fn cost(first: Option<i32>, last: Option<i32>, default: usize, children: usize) -> usize {
-    let rows = first
-        .or(last)
-        .map_or(default, |n| usize::try_from(n.clamp(1, MAX_PAGE)).unwrap_or(1));
+    let rows = first.or(last).map_or(default, |n| {
+        usize::try_from(n.clamp(1, MAX_PAGE)).unwrap_or(1)
+    });
     children.saturating_mul(rows).saturating_add(1)
 }
 
 /// One page: rows in display order, whether the window had more rows in the paging
 /// direction, and the count of the whole collection when asked.
+#[derive(Debug)]
 pub struct Page<R> {
     pub rows: Vec<R>,
     pub has_more: bool,
@@ -329,7 +340,10 @@ fn push_within(qb: &mut QueryBuilder<'_, Postgres>, table: &Table, within: &With
             qb.push(table.visible);
         }
         Within::Scope(Scope::Child { column, key }) => {
-            qb.push("t.").push(*column).push(" = ").push_bind(key.clone());
+            qb.push("t.")
+                .push(*column)
+                .push(" = ")
+                .push_bind(key.clone());
         }
         Within::Lateral(column) => {
             qb.push("t.").push(*column).push(" = k.key");
@@ -366,7 +380,9 @@ fn push_step(qb: &mut QueryBuilder<'_, Postgres>, col: &Column, v: &Value, desc:
             qb.push(&c).push(" IS NOT NULL");
         }
         (false, false) => {
-            qb.push(if col.nullable { "(" } else { "" }).push(&c).push(" > ");
+            qb.push(if col.nullable { "(" } else { "" })
+                .push(&c)
+                .push(" > ");
             push_value(qb, v);
             if col.nullable {
                 qb.push(" OR ").push(&c).push(" IS NULL)");
@@ -431,13 +447,21 @@ fn push_order_limit(qb: &mut QueryBuilder<'_, Postgres>, spec: &Spec) {
         }
         let desc = term.desc != spec.backward;
         qb.push("t.").push(term.col.sql);
-        qb.push(if desc { " DESC NULLS FIRST" } else { " ASC NULLS LAST" });
+        qb.push(if desc {
+            " DESC NULLS FIRST"
+        } else {
+            " ASC NULLS LAST"
+        });
     }
     qb.push(" LIMIT ").push_bind(spec.limit + 1);
     qb.push(" OFFSET ").push_bind(spec.offset);
 }
 
-async fn fetch_rows<R: Node>(pool: &PgPool, scope: &Scope, spec: &Spec) -> Result<Vec<R>, Internal> {
+async fn fetch_rows<R: Node>(
+    pool: &PgPool,
+    scope: &Scope,
+    spec: &Spec,
+) -> Result<Vec<R>, Internal> {
     if !spec.want_rows {
         return Ok(Vec::new());
     }
@@ -449,14 +473,23 @@ async fn fetch_rows<R: Node>(pool: &PgPool, scope: &Scope, spec: &Spec) -> Resul
 }
 
 /// `totalCount`: the rows that match the condition, whatever the cursors.
-pub async fn count(pool: &PgPool, table: &Table, scope: &Scope, spec: &Spec) -> Result<i64, Internal> {
+pub async fn count(
+    pool: &PgPool,
+    table: &Table,
+    scope: &Scope,
+    spec: &Spec,
+) -> Result<i64, Internal> {
     let mut qb = QueryBuilder::new(format!("SELECT count(*) FROM {} t", table.name));
     push_where(&mut qb, table, &Within::Scope(scope), spec, false);
     Ok(qb.build_query_scalar::<i64>().fetch_one(pool).await?)
 }
 
 /// One page of the rows in `scope`.
-pub async fn fetch<R: Node>(pool: &PgPool, scope: &Scope, spec: &Spec) -> Result<Page<R>, Internal> {
+pub async fn fetch<R: Node>(
+    pool: &PgPool,
+    scope: &Scope,
+    spec: &Spec,
+) -> Result<Page<R>, Internal> {
     let total = async {
         match spec.want_total {
             true => count(pool, R::TABLE, scope, spec).await.map(Some),
@@ -484,7 +517,10 @@ pub async fn fetch_children<R: Node>(
         let mut qb = QueryBuilder::new("SELECT k.key AS batch_key, x.* FROM unnest(");
         qb.push_bind(keys.to_vec());
         qb.push("::text[]) AS k(key) CROSS JOIN LATERAL (SELECT ");
-        qb.push(table.select).push(" FROM ").push(table.name).push(" t");
+        qb.push(table.select)
+            .push(" FROM ")
+            .push(table.name)
+            .push(" t");
         push_where(&mut qb, table, &Within::Lateral(column), spec, true);
         push_order_limit(&mut qb, spec);
         qb.push(") x");
@@ -499,7 +535,10 @@ pub async fn fetch_children<R: Node>(
         if !spec.want_total {
             return Ok::<_, Internal>(totals);
         }
-        let mut qb = QueryBuilder::new(format!("SELECT t.{column}, count(*) FROM {} t WHERE t.{column} = ANY(", table.name));
+        let mut qb = QueryBuilder::new(format!(
+            "SELECT t.{column}, count(*) FROM {} t WHERE t.{column} = ANY(",
+            table.name
+        ));
         qb.push_bind(keys.to_vec()).push(")");
         for (col, v) in &spec.filter {
             qb.push(" AND ");
@@ -624,7 +663,15 @@ pub struct PageInfo {
 
 impl PageInfo {
     async fn probe(&self, window: bool, bounds: &[(&[Value], Bound)]) -> Result<bool, Internal> {
-        exists(&self.pool, self.table, &self.scope, &self.spec, window, bounds).await
+        exists(
+            &self.pool,
+            self.table,
+            &self.scope,
+            &self.spec,
+            window,
+            bounds,
+        )
+        .await
     }
 }
 
@@ -680,12 +727,16 @@ impl PageInfo {
 
     /// When paginating backwards, the cursor to continue.
     async fn start_cursor(&self) -> Option<Cursor> {
-        self.first.as_ref().map(|v| encode_cursor(&self.spec.prefix, v))
+        self.first
+            .as_ref()
+            .map(|v| encode_cursor(&self.spec.prefix, v))
     }
 
     /// When paginating forwards, the cursor to continue.
     async fn end_cursor(&self) -> Option<Cursor> {
-        self.last.as_ref().map(|v| encode_cursor(&self.spec.prefix, v))
+        self.last
+            .as_ref()
+            .map(|v| encode_cursor(&self.spec.prefix, v))
     }
 }
 
@@ -707,7 +758,10 @@ macro_rules! connection {
                 self.0
                     .rows()
                     .iter()
-                    .map(|node| $edge { conn: &self.0, node })
+                    .map(|node| $edge {
+                        conn: &self.0,
+                        node,
+                    })
                     .collect()
             }
 
@@ -761,7 +815,16 @@ mod tests {
 
     #[test]
     fn cursors_round_trip_and_refuse_another_ordering() {
-        let order = vec![Term { col: AT, desc: true }, Term { col: ID, desc: false }];
+        let order = vec![
+            Term {
+                col: AT,
+                desc: true,
+            },
+            Term {
+                col: ID,
+                desc: false,
+            },
+        ];
         let prefix = vec!["at_desc".to_string()];
         let values = vec![
             Value::Time(parse_datetime("2026-10-01T09:05:00Z")),
@@ -772,7 +835,10 @@ mod tests {
         let nulls = vec![Value::Time(None), Value::Text(Some("c-1".into()))];
         let c2 = encode_cursor(&prefix, &nulls);
         assert_eq!(decode_cursor(&c2.0, &prefix, &order), Some(nulls));
-        assert_eq!(decode_cursor(&c.0, &["primary_key_asc".to_string()], &order), None);
+        assert_eq!(
+            decode_cursor(&c.0, &["primary_key_asc".to_string()], &order),
+            None
+        );
         assert_eq!(decode_cursor("garbage", &prefix, &order), None);
         // a NULL primary key is no cursor we made
         let bad = encode_cursor(&prefix, &[Value::Time(None), Value::Text(None)]);
@@ -782,11 +848,33 @@ mod tests {
     #[test]
     fn keyset_sql_handles_nulls_and_directions() {
         let mut qb = QueryBuilder::<Postgres>::new("");
-        let order = vec![Term { col: AT, desc: false }, Term { col: ID, desc: false }];
-        push_beyond(&mut qb, &order, &[Value::Time(None), Value::Text(Some("x".into()))], false);
+        let order = vec![
+            Term {
+                col: AT,
+                desc: false,
+            },
+            Term {
+                col: ID,
+                desc: false,
+            },
+        ];
+        push_beyond(
+            &mut qb,
+            &order,
+            &[Value::Time(None), Value::Text(Some("x".into()))],
+            false,
+        );
         assert_eq!(qb.sql(), "((FALSE) OR (t.at IS NULL AND t.id > $1))");
         let mut qb = QueryBuilder::<Postgres>::new("");
-        push_beyond(&mut qb, &order, &[Value::Time(parse_datetime("2026-01-01T00:00:00Z")), Value::Text(Some("x".into()))], true);
+        push_beyond(
+            &mut qb,
+            &order,
+            &[
+                Value::Time(parse_datetime("2026-01-01T00:00:00Z")),
+                Value::Text(Some("x".into())),
+            ],
+            true,
+        );
         assert_eq!(qb.sql(), "((t.at < $1) OR (t.at = $2 AND t.id < $3))");
     }
 

@@ -65,7 +65,11 @@ const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwx
 pub fn base64_encode(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -101,7 +105,14 @@ mod tests {
 
     #[test]
     fn base64_round_trips() {
-        for s in ["", "a", "ab", "abc", "abcd", "[\"primary_key_asc\",[\"c-1\"]]"] {
+        for s in [
+            "",
+            "a",
+            "ab",
+            "abc",
+            "abcd",
+            "[\"primary_key_asc\",[\"c-1\"]]",
+        ] {
             let e = base64_encode(s.as_bytes());
             assert_eq!(base64_decode(&e).unwrap(), s.as_bytes(), "{e}");
         }
@@ -113,7 +124,10 @@ mod tests {
     fn datetimes_read_and_write_like_postgraphile() {
         let t = parse_datetime("2026-10-01T11:05:00.5+02:00").unwrap();
         assert_eq!(format_datetime(t), "2026-10-01T09:05:00.500000+00:00");
-        assert_eq!(parse_datetime("2026-10-01T09:05:00"), parse_datetime("2026-10-01T09:05:00Z"));
+        assert_eq!(
+            parse_datetime("2026-10-01T09:05:00"),
+            parse_datetime("2026-10-01T09:05:00Z")
+        );
         assert!(parse_datetime("yesterday").is_none());
     }
 }

@@ -7,7 +7,7 @@ use sqlx::postgres::PgRow;
 use sqlx::{FromRow, PgPool, Row};
 
 use super::customers::Customer;
-use super::error::Internal;
+use super::error::{or_null, Internal};
 use super::loaders::Db;
 use super::page::{connection, Column, Kind, Node, OrderBy, Table, Term, Value};
 use super::scalars::Datetime;
@@ -54,7 +54,6 @@ pub static TABLE: Table = Table {
     // a subscription whose customer is a tombstone is never shown (none should exist)
     visible: "EXISTS (SELECT 1 FROM customers c WHERE c.customer_id = t.customer_id \
               AND NOT c.is_deleted)",
-    pk: SUBSCRIPTION_ID,
 };
 
 #[derive(Debug, Clone, FromRow)]
@@ -200,11 +199,12 @@ impl Subscription {
     }
 
     /// Reads a single `Customer` that is related to this `Subscription`.
-    async fn customer(&self, ctx: &Context<'_>) -> Result<Option<Customer>> {
-        Ok(Db::of(ctx)
-            .customers
+    async fn customer(&self, ctx: &Context<'_>) -> Option<Customer> {
+        let result = Db::of(ctx)
+            .customers()
             .load_one(self.customer_id.clone())
-            .await?)
+            .await;
+        or_null(ctx, result.map_err(Into::into))
     }
 }
 
@@ -318,7 +318,9 @@ pub struct SubscriptionCondition {
 
 impl SubscriptionCondition {
     pub fn filter(condition: Option<&Self>) -> Vec<(Column, Value)> {
-        let Some(c) = condition else { return Vec::new() };
+        let Some(c) = condition else {
+            return Vec::new();
+        };
         let mut out = Vec::new();
         for (col, v) in [
             (SUBSCRIPTION_ID, &c.subscription_id),

@@ -4,5 +4,6 @@
 mod apply;
 mod consumer;
 mod faults;
+mod graphql;
 mod http;
 mod support;
