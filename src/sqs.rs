@@ -136,7 +136,7 @@ impl EdgeCredentials {
             .when(|e| matches!(e, EdgeError::Retry(_)))
             .notify(|e, wait| tracing::warn!(error = %e, ?wait, "retrying Edge API"))
             .await
-            .map_err(|e| CredentialsError::provider_error(e))
+            .map_err(CredentialsError::provider_error)
     }
 }
 

@@ -2,7 +2,7 @@
 //! PostGraphile names them for the `customers` table, plus what no PostGraphile schema had:
 //! the customer's typed entitlements and its access decision. Tombstones are never read.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use async_graphql::{Context, Enum, InputObject, Json, MaybeUndefined, Object, Result};
 use chrono::{DateTime, Utc};
@@ -154,6 +154,14 @@ pub fn plain_subscriptions_wanted(ctx: &Context<'_>) -> Option<bool> {
     )
 }
 
+/// The spec of `subscriptions` with no arguments, made once.
+fn plain_subscriptions_spec() -> Arc<Spec> {
+    static PLAIN: OnceLock<Arc<Spec>> = OnceLock::new();
+    PLAIN
+        .get_or_init(|| Arc::new(Spec::plain(subscriptions::SUBSCRIPTION_ID)))
+        .clone()
+}
+
 /// Loads the first page of subscriptions (no arguments) of every customer of a page, in
 /// one query (two with the counts), so that no dataloader window decides the round trips.
 pub async fn preload_subscriptions(
@@ -169,14 +177,6 @@ pub async fn preload_subscriptions(
         c.subscriptions = pages.remove(&c.customer_id).map(Arc::new);
     }
     Ok(())
-}
-
-/// What a connection's selection asks for: rows (nodes, edges or pageInfo), the count.
-pub fn wants(ctx: &Context<'_>) -> (bool, bool) {
-    let la = ctx.look_ahead();
-    let rows =
-        la.field("nodes").exists() || la.field("edges").exists() || la.field("pageInfo").exists();
-    (rows, la.field("totalCount").exists())
 }
 
 #[Object]
@@ -271,7 +271,7 @@ impl Customer {
             return Ok(SubscriptionsConnection(Conn {
                 pool: db.pool.clone(),
                 scope,
-                spec: Arc::new(Spec::plain(subscriptions::SUBSCRIPTION_ID)),
+                spec: plain_subscriptions_spec(),
                 page: page.clone(),
             }));
         }
@@ -282,7 +282,7 @@ impl Customer {
             subscriptions::SUBSCRIPTION_ID,
             filter,
         )?;
-        (spec.want_rows, spec.want_total) = wants(ctx);
+        (spec.want_rows, spec.want_total) = page::wants(ctx);
         let spec = Arc::new(spec);
         let page = db
             .subscription_pages()

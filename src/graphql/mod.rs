@@ -19,10 +19,10 @@ mod query;
 mod scalars;
 mod subscriptions;
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use async_graphql::http::GraphiQLSource;
-use async_graphql::{EmptyMutation, EmptySubscription, Schema, ServerError};
+use async_graphql::{EmptyMutation, EmptySubscription, Schema};
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::http::{header, StatusCode};
@@ -41,11 +41,12 @@ type ReplicaSchema = Schema<Query, EmptyMutation, EmptySubscription>;
 /// customer's subscriptions).
 pub const MAX_COMPLEXITY: usize = 1_000_000;
 
-/// The schema, built once, and the pool each request's loaders use.
-#[derive(Clone)]
+/// The schema, built once, the pool each request's loaders use, and the documents of
+/// recent queries.
 struct Api {
     schema: ReplicaSchema,
     pool: PgPool,
+    documents: guard::Documents,
 }
 
 fn schema() -> ReplicaSchema {
@@ -56,19 +57,18 @@ fn schema() -> ReplicaSchema {
 
 /// The schema in SDL, as introspection shows it.
 pub fn sdl() -> String {
-    Schema::build(Query, EmptyMutation, EmptySubscription)
-        .finish()
-        .sdl()
+    schema().sdl()
 }
 
 /// `POST /graphql`, `GET /graphql` (guarded by the bearer-token layer).
 pub fn routes<S: Clone + Send + Sync + 'static>(pool: PgPool) -> Router<S> {
     Router::new()
         .route("/graphql", get(graphql_get).post(graphql_post))
-        .with_state(Api {
+        .with_state(Arc::new(Api {
             schema: schema(),
             pool,
-        })
+            documents: guard::Documents::default(),
+        }))
 }
 
 /// `GET /graphiql` (open).
@@ -86,42 +86,28 @@ async fn graphiql() -> Html<&'static str> {
     }))
 }
 
-async fn graphql_post(State(api): State<Api>, body: Bytes) -> Response {
+async fn graphql_post(State(api): State<Arc<Api>>, body: Bytes) -> Response {
     match serde_json::from_slice::<async_graphql::Request>(&body) {
         Ok(request) => execute(&api, request).await,
         Err(e) => bad_request(&format!("the body is not a GraphQL request: {e}")),
     }
 }
 
-async fn graphql_get(State(api): State<Api>, RawQuery(query): RawQuery) -> Response {
+async fn graphql_get(State(api): State<Arc<Api>>, RawQuery(query): RawQuery) -> Response {
     match async_graphql::http::parse_query_string(query.as_deref().unwrap_or_default()) {
         Ok(request) => execute(&api, request).await,
         Err(e) => bad_request(&format!("the query string is not a GraphQL request: {e}")),
     }
 }
 
-/// Parses once, applies [`guard`], then lets async-graphql validate and run it with this
-/// request's loaders.
+/// Parses (or recalls) and checks the query ([`guard`]), then lets async-graphql validate
+/// and run it with this request's loaders.
 async fn execute(api: &Api, mut request: async_graphql::Request) -> Response {
-    if let Err(message) = guard::prescan(&request.query) {
-        return refuse(message);
-    }
-    match request.parsed_query() {
-        Err(e) => return json(&async_graphql::Response::from_errors(vec![e])),
-        Ok(doc) => {
-            if let Err(message) = guard::check(doc) {
-                return refuse(message);
-            }
-        }
+    if let Err(e) = api.documents.prepare(&mut request) {
+        return json(&async_graphql::Response::from_errors(vec![e]));
     }
     let request = request.data(Db::new(api.pool.clone()));
     json(&api.schema.execute(request).await)
-}
-
-fn refuse(message: &str) -> Response {
-    json(&async_graphql::Response::from_errors(vec![
-        ServerError::new(message, None),
-    ]))
 }
 
 fn json(response: &async_graphql::Response) -> Response {

@@ -287,6 +287,14 @@ pub fn time_condition(out: &mut Vec<(Column, Value)>, col: Column, v: &MaybeUnde
     }
 }
 
+/// What a connection's selection asks for: rows (nodes, edges or pageInfo), the count.
+pub fn wants(ctx: &async_graphql::Context<'_>) -> (bool, bool) {
+    let la = ctx.look_ahead();
+    let rows =
+        la.field("nodes").exists() || la.field("edges").exists() || la.field("pageInfo").exists();
+    (rows, la.field("totalCount").exists())
+}
+
 /// The complexity of a connection: its children once per row it may return.
 pub fn cost(first: Option<i32>, last: Option<i32>, default: usize, children: usize) -> usize {
     let rows = first.or(last).map_or(default, |n| {

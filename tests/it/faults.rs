@@ -314,12 +314,12 @@ async fn arbitrary_input_ends_applied_skipped_or_refused() {
                 assert!(!e.reason.is_empty());
                 "refused".to_string()
             }
-            Ok(ev) => match processor
-                .process(&[&ev])
-                .await
-                .expect("no transient failure")
-            {
-                results => match &results[0] {
+            Ok(ev) => {
+                let results = processor
+                    .process(&[&ev])
+                    .await
+                    .expect("no transient failure");
+                match &results[0] {
                     Ok(o) => {
                         assert!(matches!(
                             o,
@@ -331,8 +331,8 @@ async fn arbitrary_input_ends_applied_skipped_or_refused() {
                         o.as_str().to_string()
                     }
                     Err(reason) => panic!("a parsed event failed in the database: {reason}"),
-                },
-            },
+                }
+            }
         };
         *outcomes.entry(key).or_default() += 1;
     }

@@ -187,12 +187,19 @@ where
     }
 }
 
+/// A sample event. The samples' usage periods end on 2026-12-01, after which every metered
+/// answer would report a new, empty period; so that the tests mean the same on any day, that
+/// period end is moved to 2099 (the expired-period rules have their own unit tests).
 pub fn fixture(name: &str) -> String {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(format!("{name}.json"));
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .replace("2026-12-01T09:05:00.000Z", FIXTURE_PERIOD_END)
 }
+
+pub const FIXTURE_PERIOD_END: &str = "2099-12-01T09:05:00.000Z";
 
 pub fn fixture_json(name: &str) -> Value {
     serde_json::from_str(&fixture(name)).unwrap()

@@ -1,0 +1,153 @@
+//! The root query type, with PostGraphile's field names (pg-simplify-inflector, no Node
+//! interface). There is no mutation or subscription root at all.
+
+use std::sync::Arc;
+
+use async_graphql::{Context, Object};
+
+use super::customers::{self, Customer, CustomerCondition, CustomersConnection, CustomersOrderBy};
+use super::error::or_null;
+use super::loaders::Db;
+use super::page::{self, fetch, Args, Conn, Scope, Spec};
+use super::scalars::Cursor;
+use super::subscriptions::{
+    self, Subscription, SubscriptionCondition, SubscriptionsConnection, SubscriptionsOrderBy,
+};
+
+/// The root query type which gives access points into the data universe.
+pub struct Query;
+
+#[Object(name = "Query")]
+impl Query {
+    /// Exposes the root query type nested one level down. This is helpful for Relay 1
+    /// which can only query top level fields if they are in a particular form.
+    async fn query(&self) -> Query {
+        Query
+    }
+
+    /// Reads and enables pagination through a set of `Customer`.
+    #[graphql(complexity = "page::cost(first, last, page::MAX_PAGE as usize, child_complexity)")]
+    #[allow(clippy::too_many_arguments)]
+    async fn customers(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "Only read the first `n` values of the set.")] first: Option<i32>,
+        #[graphql(desc = "Only read the last `n` values of the set.")] last: Option<i32>,
+        #[graphql(
+            desc = "Skip the first `n` values from our `after` cursor, an alternative to cursor based pagination. May not be used with `last`."
+        )]
+        offset: Option<i32>,
+        #[graphql(desc = "Read all values in the set before (above) this cursor.")] before: Option<
+            Cursor,
+        >,
+        #[graphql(desc = "Read all values in the set after (below) this cursor.")] after: Option<
+            Cursor,
+        >,
+        #[graphql(
+            desc = "The method to use when ordering `Customer`.",
+            default_with = "Some(vec![CustomersOrderBy::PrimaryKeyAsc])"
+        )]
+        order_by: Option<Vec<CustomersOrderBy>>,
+        #[graphql(
+            desc = "A condition to be used in determining which values should be returned by the collection."
+        )]
+        condition: Option<CustomerCondition>,
+    ) -> Option<CustomersConnection> {
+        let args = Args {
+            first,
+            last,
+            offset,
+            before,
+            after,
+        };
+        let filter = CustomerCondition::filter(condition.as_ref());
+        let result = async {
+            let mut spec = Spec::new(args, order_by.as_deref(), customers::CUSTOMER_ID, filter)?;
+            (spec.want_rows, spec.want_total) = page::wants(ctx);
+            let pool = Db::of(ctx).pool.clone();
+            let mut page = fetch::<Customer>(&pool, &Scope::All, &spec).await?;
+            if let Some(want_total) = customers::plain_subscriptions_wanted(ctx) {
+                customers::preload_subscriptions(&pool, &mut page.rows, want_total).await?;
+            }
+            Ok(Some(CustomersConnection(Conn {
+                pool,
+                scope: Scope::All,
+                spec: Arc::new(spec),
+                page: Arc::new(page),
+            })))
+        };
+        or_null(ctx, result.await)
+    }
+
+    /// Reads and enables pagination through a set of `Subscription`.
+    #[graphql(complexity = "page::cost(first, last, page::MAX_PAGE as usize, child_complexity)")]
+    #[allow(clippy::too_many_arguments)]
+    async fn subscriptions(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "Only read the first `n` values of the set.")] first: Option<i32>,
+        #[graphql(desc = "Only read the last `n` values of the set.")] last: Option<i32>,
+        #[graphql(
+            desc = "Skip the first `n` values from our `after` cursor, an alternative to cursor based pagination. May not be used with `last`."
+        )]
+        offset: Option<i32>,
+        #[graphql(desc = "Read all values in the set before (above) this cursor.")] before: Option<
+            Cursor,
+        >,
+        #[graphql(desc = "Read all values in the set after (below) this cursor.")] after: Option<
+            Cursor,
+        >,
+        #[graphql(
+            desc = "The method to use when ordering `Subscription`.",
+            default_with = "Some(vec![SubscriptionsOrderBy::PrimaryKeyAsc])"
+        )]
+        order_by: Option<Vec<SubscriptionsOrderBy>>,
+        #[graphql(
+            desc = "A condition to be used in determining which values should be returned by the collection."
+        )]
+        condition: Option<SubscriptionCondition>,
+    ) -> Option<SubscriptionsConnection> {
+        let args = Args {
+            first,
+            last,
+            offset,
+            before,
+            after,
+        };
+        let filter = SubscriptionCondition::filter(condition.as_ref());
+        let result = async {
+            let order_by = order_by.as_deref();
+            let mut spec = Spec::new(args, order_by, subscriptions::SUBSCRIPTION_ID, filter)?;
+            (spec.want_rows, spec.want_total) = page::wants(ctx);
+            let pool = Db::of(ctx).pool.clone();
+            let page = fetch::<Subscription>(&pool, &Scope::All, &spec).await?;
+            Ok(Some(SubscriptionsConnection(Conn {
+                pool,
+                scope: Scope::All,
+                spec: Arc::new(spec),
+                page: Arc::new(page),
+            })))
+        };
+        or_null(ctx, result.await)
+    }
+
+    async fn customer(&self, ctx: &Context<'_>, customer_id: String) -> Option<Customer> {
+        let pool = &Db::of(ctx).pool;
+        // with its subscriptions in the same round trip when they are asked for
+        let result = if ctx.look_ahead().field("subscriptions").exists() {
+            customers::by_id_with_subscriptions(pool, &customer_id).await
+        } else {
+            customers::by_id(pool, &customer_id).await
+        };
+        or_null(ctx, result.map_err(Into::into))
+    }
+
+    async fn subscription(
+        &self,
+        ctx: &Context<'_>,
+        subscription_id: String,
+    ) -> Option<Subscription> {
+        let result = subscriptions::by_id(&Db::of(ctx).pool, &subscription_id).await;
+        or_null(ctx, result.map_err(Into::into))
+    }
+}
