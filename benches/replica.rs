@@ -389,9 +389,10 @@ impl Env {
             .context("admin URL has no database")?
             .0;
         let url = format!("{base}/{name}");
+        let options: sqlx::postgres::PgConnectOptions = url.parse()?;
         let pool = sqlx::postgres::PgPoolOptions::new()
             .max_connections(4)
-            .connect(&url)
+            .connect_with(options.application_name("bench"))
             .await?;
         stigg_byos::store::migrate(&pool).await?;
         Ok((url, pool))
@@ -578,7 +579,6 @@ async fn stop(mut child: Child) {
 struct Cpu {
     at: Option<Instant>,
     machine_busy: u64,
-    machine_all: u64,
     postgres: u64,
     localstack: u64,
     bench: u64,
@@ -613,7 +613,6 @@ fn cpu_snapshot(target: Option<u32>) -> Cpu {
                 .collect();
             let g = |i: usize| v.get(i).copied().unwrap_or(0);
             c.machine_busy = g(0) + g(1) + g(2) + g(5) + g(6) + g(7);
-            c.machine_all = c.machine_busy + g(3) + g(4);
         }
     }
     let me = std::process::id();
@@ -650,27 +649,108 @@ fn cpu_snapshot(target: Option<u32>) -> Cpu {
 
 /// One line: where the CPU went between two snapshots, in % of one core.
 fn cpu_line(a: &Cpu, b: &Cpu, ours: &str) -> String {
-    let secs = match (a.at, b.at) {
-        (Some(x), Some(y)) => y.duration_since(x).as_secs_f64().max(1e-3),
+    cpu_line_over(a, b, ours, None)
+}
+
+/// As [`cpu_line`], with the rates taken over `over` instead of the time between the
+/// snapshots (when the second one was taken a little after the work ended, so that exited
+/// PostgreSQL backends are counted).
+fn cpu_line_over(a: &Cpu, b: &Cpu, ours: &str, over: Option<Duration>) -> String {
+    let secs = match (over, a.at, b.at) {
+        (Some(d), _, _) => d.as_secs_f64().max(1e-3),
+        (None, Some(x), Some(y)) => y.duration_since(x).as_secs_f64().max(1e-3),
         _ => return String::new(),
     };
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1) as f64;
     let pct = |ticks: u64| ticks as f64 / TICKS / secs * 100.0;
-    let all = b.machine_all.saturating_sub(a.machine_all).max(1) as f64;
-    let busy = b.machine_busy.saturating_sub(a.machine_busy) as f64 / all * 100.0 * cores;
     let target = b.target.saturating_sub(a.target) + b.reaped.saturating_sub(a.reaped);
+    let postgres = b.postgres.saturating_sub(a.postgres);
+    let localstack = b.localstack.saturating_sub(a.localstack);
+    let bench = b.bench.saturating_sub(a.bench);
+    let busy = b.machine_busy.saturating_sub(a.machine_busy);
+    let other = busy.saturating_sub(target + postgres + localstack + bench);
     format!(
-        "CPU over {secs:.1} s (100% = one core, {cores:.0} cores): {ours} {:.0}%, PostgreSQL {:.0}%, \
-         LocalStack {:.0}%, bench process {:.0}%, machine busy {:.0}% of {:.0}%",
+        "CPU over {secs:.1} s (100% = one core): {ours} {:.0}%, PostgreSQL {:.0}%, \
+         LocalStack {:.0}%, bench process {:.0}%, everything else {:.0}%; machine busy {:.0}% of {:.0}%",
         pct(target),
-        pct(b.postgres.saturating_sub(a.postgres)),
-        pct(b.localstack.saturating_sub(a.localstack)),
-        pct(b.bench.saturating_sub(a.bench)),
-        busy,
+        pct(postgres),
+        pct(localstack),
+        pct(bench),
+        pct(other),
+        pct(busy).min(cores * 100.0),
         cores * 100.0
     )
+}
+
+// ---------------------------------------------------------------------------------------------
+// PostgreSQL-side sampling: what the backends of the process under test are doing
+// ---------------------------------------------------------------------------------------------
+
+/// Samples pg_stat_activity of one database every 20 ms until stopped: on average how many
+/// backends (other than the bench's own) were running a statement, waiting for a lock, idle
+/// inside a transaction (waiting for their client) or idle.
+struct Sampler {
+    stop: tokio::sync::oneshot::Sender<()>,
+    handle: tokio::task::JoinHandle<String>,
+}
+
+impl Sampler {
+    fn start(pool: PgPool) -> Self {
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let handle = tokio::spawn(async move {
+            let mut totals: BTreeMap<String, i64> = BTreeMap::new();
+            let mut samples = 0i64;
+            loop {
+                let rows: Vec<(String, i64)> = sqlx::query_as(
+                    "SELECT CASE
+                              WHEN state = 'active' AND wait_event_type = 'Lock' THEN 'waiting on a lock'
+                              WHEN state = 'active' AND wait_event_type IN ('IO', 'LWLock')
+                                THEN 'active (I/O, WAL)'
+                              WHEN state = 'active' AND wait_event_type = 'Client'
+                                THEN 'active (client I/O)'
+                              WHEN state = 'active' THEN 'active'
+                              WHEN state = 'idle in transaction' THEN 'idle in transaction'
+                              ELSE coalesce(state, 'unknown') END,
+                            count(*)
+                     FROM pg_stat_activity
+                     WHERE datname = current_database() AND application_name <> 'bench'
+                       AND backend_type = 'client backend'
+                     GROUP BY 1",
+                )
+                .fetch_all(&pool)
+                .await
+                .unwrap_or_default();
+                samples += 1;
+                for (k, v) in rows {
+                    *totals.entry(k).or_default() += v;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                    _ = &mut stopped => break,
+                }
+            }
+            let parts: Vec<String> = totals
+                .iter()
+                .map(|(k, v)| format!("{k} {:.2}", *v as f64 / samples.max(1) as f64))
+                .collect();
+            format!(
+                "its PostgreSQL backends, on average ({samples} samples): {}",
+                if parts.is_empty() {
+                    "none".into()
+                } else {
+                    parts.join(", ")
+                }
+            )
+        });
+        Self { stop, handle }
+    }
+
+    async fn finish(self) -> String {
+        let _ = self.stop.send(());
+        self.handle.await.unwrap_or_default()
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1191,6 +1271,7 @@ async fn sqs_path(
         .env("AWS_SECRET_ACCESS_KEY", "test")
         .env("SQS_WAIT_SECONDS", "1")
         .env("WORKER_CONCURRENCY", concurrency.to_string());
+    let sampler = Sampler::start(pool.clone());
     let cpu0 = cpu_snapshot(None);
     let started = Instant::now();
     let mut child = cmd.spawn().context("spawning the worker")?;
@@ -1224,6 +1305,7 @@ async fn sqs_path(
     };
     let cpu1 = cpu_snapshot(Some(pid));
     let rss = peak_rss_mib(pid).unwrap_or(f64::NAN);
+    let activity = sampler.finish().await;
     stop(child).await;
     let worker_rate = n as f64 / elapsed.as_secs_f64();
     note(format!(
@@ -1231,6 +1313,7 @@ async fn sqs_path(
         elapsed.as_secs_f64()
     ));
     note(cpu_line(&cpu0, &cpu1, "worker"));
+    note(format!("worker: {activity}"));
     note(format!("inbox: {}", inbox_summary(&pool).await?));
     let log = env.logs.join(&log_name);
     let retries = count_in_log(&log, "transient failure");
@@ -1383,11 +1466,15 @@ async fn apply_path(
     let path = file.path().to_string_lossy().into_owned();
     let mut cmd = env.command(&["ingest", &path], "ingest.log")?;
     cmd.env("DATABASE_URL", &db_url).stdout(Stdio::piped());
+    let sampler = Sampler::start(pool.clone());
     let cpu0 = cpu_snapshot(None);
     let started = Instant::now();
     let child = cmd.spawn().context("spawning ingest")?;
     let out = child.wait_with_output().await?;
     let elapsed = started.elapsed();
+    let activity = sampler.finish().await;
+    // let PostgreSQL reap the ingest's backend, whose CPU time then shows in the postmaster's
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let cpu1 = cpu_snapshot(None);
     if !out.status.success() {
         bail!(
@@ -1403,7 +1490,8 @@ async fn apply_path(
         elapsed.as_secs_f64(),
         String::from_utf8_lossy(&out.stdout).trim()
     ));
-    note(cpu_line(&cpu0, &cpu1, "ingest"));
+    note(cpu_line_over(&cpu0, &cpu1, "ingest", Some(elapsed)));
+    note(format!("ingest: {activity}"));
     note(format!("inbox: {}", inbox_summary(&pool).await?));
     fingerprints.push(("ingest".into(), fingerprint(&pool).await?));
     pool.close().await;
@@ -1570,7 +1658,6 @@ async fn access_path(env: &Arc<Env>, plan: &Plan, table: &mut Table) -> Result<(
         "filled by SQL in {:.1} s ({size})",
         t.elapsed().as_secs_f64()
     ));
-    pool.close().await;
 
     if plan.runs("startup") {
         section("Start-up: spawn `serve` on a migrated database until the first /readyz 200");
@@ -1625,6 +1712,7 @@ async fn access_path(env: &Arc<Env>, plan: &Plan, table: &mut Table) -> Result<(
             plan.load.as_secs_f64(),
             plan.warmup.as_secs_f64()
         ));
+        let sampler = Sampler::start(pool.clone());
         let cpu0 = cpu_snapshot(Some(pid));
         let report = load(
             addr,
@@ -1636,10 +1724,12 @@ async fn access_path(env: &Arc<Env>, plan: &Plan, table: &mut Table) -> Result<(
         )
         .await?;
         let cpu1 = cpu_snapshot(Some(pid));
+        let activity = sampler.finish().await;
         let rss = peak_rss_mib(pid).unwrap_or(f64::NAN);
         report.describe();
         note(format!("server peak RSS {rss:.1} MiB"));
         note(cpu_line(&cpu0, &cpu1, "server"));
+        note(format!("server: {activity}"));
         let ok_statuses = report.count(200) + report.count(403);
         if ok_statuses < report.requests {
             note(format!(
@@ -1706,6 +1796,7 @@ async fn access_path(env: &Arc<Env>, plan: &Plan, table: &mut Table) -> Result<(
                 ));
             }
             drop(probe);
+            let sampler = Sampler::start(pool.clone());
             let cpu0 = cpu_snapshot(Some(pid));
             let report = load(
                 addr,
@@ -1717,10 +1808,12 @@ async fn access_path(env: &Arc<Env>, plan: &Plan, table: &mut Table) -> Result<(
             )
             .await?;
             let cpu1 = cpu_snapshot(Some(pid));
+            let activity = sampler.finish().await;
             let rss = peak_rss_mib(pid).unwrap_or(f64::NAN);
             report.describe();
             note(format!("server peak RSS so far {rss:.1} MiB"));
             note(cpu_line(&cpu0, &cpu1, "server"));
+            note(format!("server: {activity}"));
             if report.count(200) < report.requests {
                 note(format!(
                     "WARNING: {} answers were not 200",
@@ -1760,6 +1853,7 @@ async fn access_path(env: &Arc<Env>, plan: &Plan, table: &mut Table) -> Result<(
         }
     }
     stop(child).await;
+    pool.close().await;
     Ok(())
 }
 
