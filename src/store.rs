@@ -3,7 +3,7 @@
 //! against each other). Every function runs on the caller's connection, inside the caller's
 //! transaction; none commits.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeZone, Utc};
 use serde_json::{json, Value};
 use sqlx::{PgConnection, PgPool, Row};
 
@@ -163,59 +163,111 @@ pub async fn upsert_customer(
     Ok(done.rows_affected() == 1)
 }
 
-/// `customer.deleted`: tombstone (a deletion without a time is dated 0001-01-01, before any
-/// event, so only events without a time stay stale), then drop the customer's state that is not newer than the
-/// deletion. State newer than the deletion (applied before it arrived) survives, and then the
-/// customer lives on as a placeholder, as it would had the events come in order.
+/// `customer.deleted`. The outcome does not depend on arrival order: state older than the
+/// deletion goes, state newer than it stays. When nothing newer remains, the customer becomes
+/// a tombstone (no personal data kept); when its own row or some of its state is newer (applied
+/// before the deletion arrived), it lives on as it would had the events come in order, with
+/// the deletion time remembered so older events stay stale (§7.6). A deletion without a time
+/// applies only to a customer never seen and is dated 0001-01-01.
 pub async fn delete_customer(
     conn: &mut PgConnection,
     id: &str,
     at: Option<DateTime<Utc>>,
 ) -> sqlx::Result<bool> {
-    let done = sqlx::query(
-        "INSERT INTO customers (customer_id, version, is_deleted, deleted_at)
-         VALUES ($1, $2, true, COALESCE($2, '0001-01-01T00:00:00Z'::timestamptz))
-         ON CONFLICT (customer_id) DO UPDATE SET
-             is_deleted = true, deleted_at = EXCLUDED.deleted_at, version = EXCLUDED.version,
-             name = NULL, email = NULL, billing_id = NULL, metadata = NULL, raw = NULL,
-             updated_at = now()
-         WHERE ($2::timestamptz IS NULL AND customers.raw IS NULL
-                    AND customers.deleted_at IS NULL)
-            OR ($2::timestamptz IS NOT NULL
-                AND (customers.version IS NULL OR $2 >= customers.version)
-                AND (customers.deleted_at IS NULL OR $2 > customers.deleted_at))",
+    let row = sqlx::query(
+        "SELECT version, deleted_at, raw IS NULL FROM customers WHERE customer_id = $1 FOR UPDATE",
     )
     .bind(id)
-    .bind(at)
-    .execute(&mut *conn)
+    .fetch_optional(&mut *conn)
     .await?;
-    if done.rows_affected() == 0 {
-        return Ok(false);
-    }
-    let survivors: bool = sqlx::query_scalar(
+    let t = match (row, at) {
+        (None, _) => {
+            let done = sqlx::query(
+                "INSERT INTO customers (customer_id, version, is_deleted, deleted_at)
+                 VALUES ($1, $2, true, COALESCE($2, '0001-01-01T00:00:00Z'::timestamptz))
+                 ON CONFLICT (customer_id) DO NOTHING",
+            )
+            .bind(id)
+            .bind(at)
+            .execute(&mut *conn)
+            .await?;
+            if done.rows_affected() == 1 {
+                return Ok(true);
+            }
+            // another transaction created the customer meanwhile: decide against its row
+            return Box::pin(delete_customer(conn, id, at)).await;
+        }
+        (Some(row), None) => {
+            let deleted_at: Option<DateTime<Utc>> = row.try_get(1)?;
+            let placeholder: bool = row.try_get(2)?;
+            if !(placeholder && deleted_at.is_none()) {
+                return Ok(false);
+            }
+            Utc.with_ymd_and_hms(1, 1, 1, 0, 0, 0)
+                .single()
+                .expect("valid time")
+        }
+        (Some(row), Some(t)) => {
+            let deleted_at: Option<DateTime<Utc>> = row.try_get(1)?;
+            if deleted_at.is_some_and(|d| d >= t) {
+                return Ok(false); // this deletion, or a later one, is already applied
+            }
+            let version: Option<DateTime<Utc>> = row.try_get(0)?;
+            if version.is_some_and(|v| v > t) {
+                // the customer was written after this deletion: it stays, older state goes
+                drop_state_older_than(conn, id, t).await?;
+                sqlx::query("UPDATE customers SET deleted_at = $2 WHERE customer_id = $1")
+                    .bind(id)
+                    .bind(t)
+                    .execute(&mut *conn)
+                    .await?;
+                return Ok(true);
+            }
+            t
+        }
+    };
+    let survivors = drop_state_older_than(conn, id, t).await?;
+    let sql = if survivors {
+        // newer state arrived first: in order, it would have revived the customer as a
+        // placeholder, so it stays one (keeping what it knew)
+        "UPDATE customers SET is_deleted = false, version = NULL, deleted_at = $2,
+                updated_at = now()
+         WHERE customer_id = $1"
+    } else {
+        "UPDATE customers SET is_deleted = true, deleted_at = $2, version = $2, name = NULL,
+                email = NULL, billing_id = NULL, metadata = NULL, raw = NULL, updated_at = now()
+         WHERE customer_id = $1"
+    };
+    sqlx::query(sql)
+        .bind(id)
+        .bind(t)
+        .execute(&mut *conn)
+        .await?;
+    Ok(true)
+}
+
+/// Drops the subscriptions, entitlement sets and usage of a customer that are not newer than
+/// `t`; `true` when some newer state remains.
+async fn drop_state_older_than(
+    conn: &mut PgConnection,
+    id: &str,
+    t: DateTime<Utc>,
+) -> sqlx::Result<bool> {
+    sqlx::query_scalar(
         "WITH s AS (DELETE FROM subscriptions WHERE customer_id = $1
-                      AND ($2::timestamptz IS NULL OR version IS NULL OR version <= $2)),
+                      AND (version IS NULL OR version <= $2)),
               e AS (DELETE FROM entitlement_sets WHERE customer_id = $1
-                      AND ($2::timestamptz IS NULL OR version IS NULL OR version <= $2)),
+                      AND (version IS NULL OR version <= $2)),
               u AS (DELETE FROM usage WHERE customer_id = $1
-                      AND ($2::timestamptz IS NULL OR version IS NULL OR version <= $2))
+                      AND (version IS NULL OR version <= $2))
          SELECT EXISTS (SELECT 1 FROM subscriptions WHERE customer_id = $1 AND version > $2)
              OR EXISTS (SELECT 1 FROM entitlement_sets WHERE customer_id = $1 AND version > $2)
              OR EXISTS (SELECT 1 FROM usage WHERE customer_id = $1 AND version > $2)",
     )
     .bind(id)
-    .bind(at)
-    .fetch_one(&mut *conn)
-    .await?;
-    if survivors {
-        sqlx::query(
-            "UPDATE customers SET is_deleted = false, version = NULL WHERE customer_id = $1",
-        )
-        .bind(id)
-        .execute(&mut *conn)
-        .await?;
-    }
-    Ok(true)
+    .bind(t)
+    .fetch_one(conn)
+    .await
 }
 
 /// `subscription.*`. `true` when it changed the row.

@@ -535,3 +535,83 @@ async fn shuffled_streams_converge_to_the_newest_versions() {
     assert_eq!(features, vec!["f29".to_string()]);
     assert_eq!(count(&pool, "SELECT count(*) FROM inbox").await, 90);
 }
+
+/// A state digest to compare two databases.
+async fn digest(pool: &PgPool) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT 'c ' || customer_id || ' ' || coalesce(name, '-') || ' ' || is_deleted || ' ' || coalesce(deleted_at::text, '-') FROM customers
+         UNION ALL SELECT 's ' || subscription_id || ' ' || coalesce(plan_id, '-') FROM subscriptions
+         UNION ALL SELECT 'e ' || customer_id || ' ' || resource_key || ' ' || feature_id FROM entitlements
+         UNION ALL SELECT 'u ' || customer_id || ' ' || feature_id || ' ' || current_usage FROM usage
+         ORDER BY 1",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_deletion_ends_in_the_same_state_whatever_the_arrival_order() {
+    let at = |d: u32| json!(format!("2026-11-{d:02}T00:00:00Z"));
+    let story = vec![
+        event("customer.created", &[("timestamp", at(1))]),
+        event("subscription.created", &[("timestamp", at(2))]),
+        event("measurement.reported", &[("timestamp", at(3))]),
+        event("customer.deleted", &[("timestamp", at(10))]),
+        event(
+            "subscription.created",
+            &[
+                ("messageId", json!("late-sub")),
+                ("type", json!("subscription.updated")),
+                ("id", json!("sub-after-delete")),
+                ("timestamp", at(11)),
+            ],
+        ),
+        event(
+            "customer.updated",
+            &[("timestamp", at(12)), ("name", json!("Back again"))],
+        ),
+    ];
+    let (in_order, _) = migrated_pool().await;
+    for e in &story {
+        apply_one(&in_order, e.clone()).await;
+    }
+    let expected = digest(&in_order).await;
+    assert!(
+        expected
+            .iter()
+            .any(|r| r.starts_with("c cust-orbit Back again false 2026-11-10")),
+        "{expected:?}"
+    );
+    assert!(
+        expected.iter().all(|r| !r.starts_with("s sub-orbit-pro")),
+        "{expected:?}"
+    );
+    let orders: Vec<Vec<usize>> = vec![
+        vec![5, 4, 3, 2, 1, 0],
+        vec![0, 1, 2, 5, 3, 4],
+        vec![4, 0, 3, 1, 5, 2],
+        vec![0, 4, 1, 2, 3, 5],
+    ];
+    for order in orders {
+        let (pool, _) = migrated_pool().await;
+        for i in &order {
+            apply_one(&pool, story[*i].clone()).await;
+        }
+        assert_eq!(digest(&pool).await, expected, "arrival order {order:?}");
+    }
+    // without the revival, the customer ends a tombstone in any order
+    let (a, _) = migrated_pool().await;
+    let (b, _) = migrated_pool().await;
+    for i in [0, 1, 2, 3] {
+        apply_one(&a, story[i].clone()).await;
+    }
+    for i in [3, 2, 1, 0] {
+        apply_one(&b, story[i].clone()).await;
+    }
+    assert_eq!(digest(&a).await, digest(&b).await);
+    assert_eq!(
+        count(&b, "SELECT count(*) FROM customers WHERE is_deleted").await,
+        1
+    );
+}
