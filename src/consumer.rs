@@ -88,12 +88,14 @@ impl Consumer {
 
     /// Runs until `shutdown`; then stops receiving, lets in-flight work finish within the
     /// visibility timeout, and makes whatever is left visible again. One receive loop per ten
-    /// permits, so that receiving keeps up with WORKER_CONCURRENCY.
+    /// permits, so that receiving keeps up with WORKER_CONCURRENCY, each receiving a full share
+    /// (at most 10) at a time.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let permits = Arc::new(Semaphore::new(self.cfg.concurrency));
         let tasks = TaskTracker::new();
         let hard_stop = CancellationToken::new();
         let pollers = self.cfg.concurrency.div_ceil(10).max(1);
+        let share = self.cfg.concurrency.div_ceil(pollers).min(10) as u32;
         self.health.set_consumer_running(true);
         info!(queue = %self.cfg.queue_url, concurrency = self.cfg.concurrency, pollers,
               "consumer started");
@@ -106,7 +108,7 @@ impl Consumer {
                 shutdown.clone(),
                 hard_stop.clone(),
             );
-            loops.spawn(async move { this.poll(ctx.0, ctx.1, ctx.2, ctx.3).await });
+            loops.spawn(async move { this.poll(share, ctx.0, ctx.1, ctx.2, ctx.3).await });
         }
         while loops.join_next().await.is_some() {}
         info!(
@@ -129,6 +131,7 @@ impl Consumer {
     /// One receive loop: take permits, receive, hand the batch to a task, until shutdown.
     async fn poll(
         self: Arc<Self>,
+        share: u32,
         permits: Arc<Semaphore>,
         tasks: TaskTracker,
         shutdown: CancellationToken,
@@ -139,19 +142,13 @@ impl Consumer {
             if !self.health.database_ok() && !self.wait_for_database(&shutdown).await {
                 break;
             }
-            let first = tokio::select! {
-                p = permits.clone().acquire_owned() => p.expect("semaphore open"),
+            // wait for a full share: receives that carry few messages cost the queue as much
+            let mut held = tokio::select! {
+                p = permits.clone().acquire_many_owned(share) => p.expect("semaphore open"),
                 _ = shutdown.cancelled() => break,
             };
-            let mut held = vec![first];
-            while held.len() < 10 {
-                match permits.clone().try_acquire_owned() {
-                    Ok(p) => held.push(p),
-                    Err(_) => break,
-                }
-            }
             let received = tokio::select! {
-                r = self.receive(held.len() as i32) => r,
+                r = self.receive(share as i32) => r,
                 _ = shutdown.cancelled() => break,
             };
             let messages = match received {
@@ -172,7 +169,9 @@ impl Consumer {
             if messages.is_empty() {
                 continue;
             }
-            held.truncate(messages.len());
+            if let Some(unused) = held.split(held.num_permits() - messages.len()) {
+                drop(unused);
+            }
             telemetry::in_flight(messages.len() as f64);
             let this = self.clone();
             let (shutdown, hard_stop) = (shutdown.clone(), hard_stop.clone());
