@@ -383,12 +383,16 @@ impl Env {
             .context("CREATE DATABASE")?;
         conn.close().await?;
         self.databases.lock().unwrap().push(name.clone());
-        let base = self
-            .admin_url
+        // same URL with the database replaced; a query string (`?sslmode=disable`) is kept
+        let (path, query) = match self.admin_url.split_once('?') {
+            Some((p, q)) => (p, format!("?{q}")),
+            None => (self.admin_url.as_str(), String::new()),
+        };
+        let base = path
             .rsplit_once('/')
             .context("admin URL has no database")?
             .0;
-        let url = format!("{base}/{name}");
+        let url = format!("{base}/{name}{query}");
         let options: sqlx::postgres::PgConnectOptions = url.parse()?;
         let pool = sqlx::postgres::PgPoolOptions::new()
             .max_connections(4)
@@ -599,6 +603,30 @@ fn proc_times(stat: &str) -> Option<(String, u64, u64)> {
     Some((comm, n(11) + n(12), n(13) + n(14)))
 }
 
+/// utime + stime of every process, by pid.
+fn process_ticks() -> HashMap<u32, u64> {
+    let mut out = HashMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if let Some((_, own, _)) = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| proc_times(&s))
+        {
+            out.insert(pid, own);
+        }
+    }
+    out
+}
+
 fn cpu_snapshot(target: Option<u32>) -> Cpu {
     let mut c = Cpu {
         at: Some(Instant::now()),
@@ -700,6 +728,8 @@ impl Sampler {
     fn start(pool: PgPool) -> Self {
         let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
         let handle = tokio::spawn(async move {
+            let started = Instant::now();
+            let cpu_at_start = process_ticks();
             let mut totals: BTreeMap<String, i64> = BTreeMap::new();
             let mut samples = 0i64;
             loop {
@@ -735,8 +765,45 @@ impl Sampler {
                 .iter()
                 .map(|(k, v)| format!("{k} {:.2}", *v as f64 / samples.max(1) as f64))
                 .collect();
+            // CPU of this database's backends alone (other databases' are not ours)
+            let pids: Vec<i32> = sqlx::query_scalar(
+                "SELECT pid FROM pg_stat_activity
+                 WHERE datname = current_database() AND application_name <> 'bench'
+                   AND backend_type = 'client backend'",
+            )
+            .fetch_all(&pool)
+            .await
+            .unwrap_or_default();
+            let now = process_ticks();
+            let ticks: u64 = pids
+                .iter()
+                .map(|&p| {
+                    let p = p as u32;
+                    now.get(&p)
+                        .copied()
+                        .unwrap_or(0)
+                        .saturating_sub(cpu_at_start.get(&p).copied().unwrap_or(0))
+                })
+                .sum();
+            let backend_cpu = ticks as f64 / TICKS / started.elapsed().as_secs_f64() * 100.0;
+            let (tls, all): (i64, i64) = sqlx::query_as(
+                "SELECT count(*) FILTER (WHERE s.ssl), count(*)
+                 FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)
+                 WHERE a.datname = current_database() AND a.application_name <> 'bench'
+                   AND a.backend_type = 'client backend'",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap_or((0, 0));
+            let cpu = if all > 0 {
+                format!(
+                    "its {all} PostgreSQL backends used {backend_cpu:.0}% CPU ({tls} use TLS); "
+                )
+            } else {
+                String::new() // the process has exited: its backends are gone
+            };
             format!(
-                "its PostgreSQL backends, on average ({samples} samples): {}",
+                "{cpu}its backends on average ({samples} samples): {}",
                 if parts.is_empty() {
                     "none".into()
                 } else {
