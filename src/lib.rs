@@ -97,7 +97,9 @@ pub async fn run(
             max_receive_count: settings.max_receive_count,
         };
         let sqs = sqs::client(&settings).await;
-        let consumer = Consumer::new(sqs, Processor::new(pool.clone()), cfg, health.clone());
+        let fifo = cfg.queue_url.trim_end_matches('/').ends_with(".fifo");
+        let processor = Processor::new(pool.clone()).keep_order(fifo);
+        let consumer = Consumer::new(sqs, processor, cfg, health.clone());
         let shutdown = shutdown.clone();
         tasks.spawn(async move {
             consumer.run(shutdown).await;

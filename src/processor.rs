@@ -42,11 +42,23 @@ pub fn is_transient(err: &sqlx::Error) -> bool {
 #[derive(Clone)]
 pub struct Processor {
     pool: PgPool,
+    keep_order: bool,
 }
 
 impl Processor {
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            keep_order: false,
+        }
+    }
+
+    /// Apply each batch exactly in the given order (FIFO queues). Otherwise a batch is applied
+    /// grouped by customer, each customer's events still in their order: concurrent batches
+    /// then lock customers in the same order and cannot deadlock on them.
+    pub fn keep_order(mut self, keep: bool) -> Self {
+        self.keep_order = keep;
+        self
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -56,11 +68,24 @@ impl Processor {
     /// Applies a batch in order. `Err` only for a transient failure: nothing was committed.
     pub async fn process(&self, events: &[&ParsedEvent]) -> Result<Vec<EventResult>, Transient> {
         let started = Instant::now();
-        let results = match self.process_together(events).await {
+        let mut order: Vec<usize> = (0..events.len()).collect();
+        if !self.keep_order {
+            order.sort_by_key(|&i| events[i].customer_id().unwrap_or(""));
+        }
+        let ordered: Vec<&ParsedEvent> = order.iter().map(|&i| events[i]).collect();
+        let in_order: Vec<EventResult> = match self.process_together(&ordered).await {
             Ok(Some(outcomes)) => outcomes.into_iter().map(Ok).collect(),
-            Ok(None) => self.process_one_by_one(events).await?,
+            Ok(None) => self.process_one_by_one(&ordered).await?,
             Err(e) => return Err(e),
         };
+        let mut results: Vec<Option<EventResult>> = vec![None; events.len()];
+        for (slot, result) in order.into_iter().zip(in_order) {
+            results[slot] = Some(result);
+        }
+        let results: Vec<EventResult> = results
+            .into_iter()
+            .map(|r| r.expect("one result per event"))
+            .collect();
         let per_event = started.elapsed().as_secs_f64() / events.len().max(1) as f64;
         for r in &results {
             telemetry::processed(

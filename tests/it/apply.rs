@@ -615,3 +615,37 @@ async fn a_deletion_ends_in_the_same_state_whatever_the_arrival_order() {
         1
     );
 }
+
+#[tokio::test]
+async fn batch_results_line_up_with_their_events_whatever_the_apply_order() {
+    let (pool, _) = migrated_pool().await;
+    let zeta = event(
+        "customer.created",
+        &[("messageId", json!("z")), ("id", json!("zeta"))],
+    );
+    let bad = {
+        let mut v: serde_json::Value =
+            serde_json::from_str(&unindexable_subscription("bad")).unwrap();
+        v["customer"] = json!({"id": "middle"});
+        v.to_string()
+    };
+    let alpha = event(
+        "customer.created",
+        &[("messageId", json!("a")), ("id", json!("alpha"))],
+    );
+    let dup_zeta = zeta.clone();
+    let parsed: Vec<_> = [zeta, bad, alpha, dup_zeta]
+        .iter()
+        .map(|b| events::parse(b.as_bytes()).unwrap())
+        .collect();
+    let refs: Vec<_> = parsed.iter().collect();
+    let results = Processor::new(pool.clone()).process(&refs).await.unwrap();
+    assert_eq!(results[0], Ok(Outcome::Applied));
+    assert!(results[1].is_err(), "{:?}", results[1]);
+    assert_eq!(results[2], Ok(Outcome::Applied));
+    assert_eq!(
+        results[3],
+        Ok(Outcome::Duplicate),
+        "the later copy of zeta stays the duplicate"
+    );
+}
