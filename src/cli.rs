@@ -170,11 +170,44 @@ fn read_lines(file: &str) -> anyhow::Result<Box<dyn BufRead>> {
 /// Lines are applied in batches of this many, one transaction each.
 const INGEST_BATCH: usize = 200;
 
+/// Lines are applied in this many lanes at once, each customer always in the same lane (so
+/// its events keep their order and lanes never wait on each other's rows).
+const INGEST_LANES: usize = 4;
+
+type Counts = std::collections::BTreeMap<&'static str, u64>;
+
+fn lane_of(customer: Option<&str>) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    customer.hash(&mut h);
+    (h.finish() % INGEST_LANES as u64) as usize
+}
+
 async fn ingest(settings: &Settings, file: &str) -> anyhow::Result<()> {
-    let pool = crate::connect_and_migrate(settings, 4, Duration::from_secs(30)).await?;
+    let pool =
+        crate::connect_and_migrate(settings, INGEST_LANES as u32 + 1, Duration::from_secs(30))
+            .await?;
     let processor = Processor::new(pool.clone());
-    let mut counts = std::collections::BTreeMap::<&'static str, u64>::new();
-    let mut batch: Vec<ParsedEvent> = Vec::with_capacity(INGEST_BATCH);
+    let mut lanes = tokio::task::JoinSet::new();
+    let mut senders = Vec::with_capacity(INGEST_LANES);
+    for _ in 0..INGEST_LANES {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<ParsedEvent>(INGEST_BATCH * 2);
+        senders.push(tx);
+        let processor = processor.clone();
+        lanes.spawn(async move {
+            let mut counts = Counts::new();
+            let mut batch: Vec<ParsedEvent> = Vec::with_capacity(INGEST_BATCH);
+            while let Some(ev) = rx.recv().await {
+                batch.push(ev);
+                if batch.len() == INGEST_BATCH {
+                    apply_batch(&processor, &mut batch, &mut counts).await?;
+                }
+            }
+            apply_batch(&processor, &mut batch, &mut counts).await?;
+            Ok::<Counts, anyhow::Error>(counts)
+        });
+    }
+    let mut counts = Counts::new();
     for (n, line) in read_lines(file)?.split(b'\n').enumerate() {
         let line = line.with_context(|| format!("reading {file}"))?;
         let line = line.strip_suffix(b"\r").unwrap_or(&line);
@@ -182,7 +215,12 @@ async fn ingest(settings: &Settings, file: &str) -> anyhow::Result<()> {
             continue;
         }
         match events::parse(line) {
-            Ok(ev) => batch.push(ev),
+            Ok(ev) => {
+                let lane = lane_of(ev.customer_id());
+                if senders[lane].send(ev).await.is_err() {
+                    break; // that lane failed: its error is reported below
+                }
+            }
             Err(e) => {
                 let source = format!("ingest-{}", &hex::encode(Sha256::digest(line))[..24]);
                 eprintln!("line {}: dead-lettered as {source}: {}", n + 1, e.reason);
@@ -199,11 +237,13 @@ async fn ingest(settings: &Settings, file: &str) -> anyhow::Result<()> {
                 *counts.entry("dead_lettered").or_default() += 1;
             }
         }
-        if batch.len() == INGEST_BATCH {
-            apply_batch(&processor, &mut batch, &mut counts).await?;
+    }
+    drop(senders);
+    while let Some(lane) = lanes.join_next().await {
+        for (k, v) in lane.context("an ingest lane panicked")?? {
+            *counts.entry(k).or_default() += v;
         }
     }
-    apply_batch(&processor, &mut batch, &mut counts).await?;
     let summary: Vec<String> = counts.iter().map(|(k, v)| format!("{k}={v}")).collect();
     println!(
         "ingested: {}",
@@ -219,7 +259,7 @@ async fn ingest(settings: &Settings, file: &str) -> anyhow::Result<()> {
 async fn apply_batch(
     processor: &Processor,
     batch: &mut Vec<ParsedEvent>,
-    counts: &mut std::collections::BTreeMap<&'static str, u64>,
+    counts: &mut Counts,
 ) -> anyhow::Result<()> {
     if batch.is_empty() {
         return Ok(());
