@@ -473,37 +473,50 @@ pub async fn load_access(
         return Ok(StoredAccess::default());
     };
     let feature_type: Option<String> = row.try_get("feature_type")?;
-    let current_usage: Option<f64> = row.try_get("current_usage")?;
     Ok(StoredAccess {
         customer_live: true,
         resource_set_exists: row.try_get("set_exists")?,
         has_active_subscription: row.try_get("has_active")?,
         has_any_entitlement: row.try_get("has_any")?,
-        entitlement: match feature_type {
-            None => None,
-            Some(feature_type) => Some(StoredEntitlement {
-                feature_type,
-                meter_type: row.try_get("meter_type")?,
-                usage_limit: row.try_get("usage_limit")?,
-                has_unlimited: row.try_get("has_unlimited")?,
-                has_soft_limit: row.try_get("has_soft_limit")?,
-                period_anchor: row.try_get("period_anchor")?,
-                period_start: row.try_get("period_start")?,
-                period_end: row.try_get("period_end")?,
-                reset_period: row.try_get("reset_period")?,
-                enum_values: row.try_get("enum_values")?,
-                credit_remaining: row.try_get("credit_remaining")?,
-            }),
-        },
-        usage: match current_usage {
-            None => None,
-            Some(current_usage) => Some(StoredUsage {
+        entitlement: feature_type
+            .map(|t| entitlement_from_row(&row, t))
+            .transpose()?,
+        usage: usage_from_row(&row)?,
+    })
+}
+
+/// The entitlement columns of a row (named as in `entitlements`), for the access decision.
+pub fn entitlement_from_row(
+    row: &sqlx::postgres::PgRow,
+    feature_type: String,
+) -> sqlx::Result<StoredEntitlement> {
+    Ok(StoredEntitlement {
+        feature_type,
+        meter_type: row.try_get("meter_type")?,
+        usage_limit: row.try_get("usage_limit")?,
+        has_unlimited: row.try_get("has_unlimited")?,
+        has_soft_limit: row.try_get("has_soft_limit")?,
+        period_anchor: row.try_get("period_anchor")?,
+        period_start: row.try_get("period_start")?,
+        period_end: row.try_get("period_end")?,
+        reset_period: row.try_get("reset_period")?,
+        enum_values: row.try_get("enum_values")?,
+        credit_remaining: row.try_get("credit_remaining")?,
+    })
+}
+
+/// The usage columns of a row (`current_usage`, `u_start`, `u_end`); `None` without usage.
+pub fn usage_from_row(row: &sqlx::postgres::PgRow) -> sqlx::Result<Option<StoredUsage>> {
+    let current_usage: Option<f64> = row.try_get("current_usage")?;
+    current_usage
+        .map(|current_usage| {
+            Ok(StoredUsage {
                 current_usage,
                 period_start: row.try_get("u_start")?,
                 period_end: row.try_get("u_end")?,
-            }),
-        },
-    })
+            })
+        })
+        .transpose()
 }
 
 /// A dead letter as listed by `dlq list`.

@@ -17,7 +17,7 @@ use super::entitlements::{merge_usage, StoredRow};
 use super::error::Internal;
 use super::page::{fetch_children, Page, Spec};
 use super::subscriptions::Subscription;
-use crate::access::{StoredEntitlement, StoredUsage};
+use crate::store;
 
 type Cached<L> = OnceLock<DataLoader<L, HashMapCache>>;
 
@@ -189,31 +189,11 @@ impl Loader<(String, String)> for EntitlementListLoader {
             .await?;
         let mut out: HashMap<(String, String), Vec<StoredRow>> = HashMap::new();
         for row in rows {
-            let current_usage: Option<f64> = row.try_get("current_usage")?;
             let stored = StoredRow {
                 feature_id: row.try_get("feature_id")?,
                 resource_key: row.try_get("resource_key")?,
-                entitlement: StoredEntitlement {
-                    feature_type: row.try_get("feature_type")?,
-                    meter_type: row.try_get("meter_type")?,
-                    usage_limit: row.try_get("usage_limit")?,
-                    has_unlimited: row.try_get("has_unlimited")?,
-                    has_soft_limit: row.try_get("has_soft_limit")?,
-                    period_anchor: row.try_get("period_anchor")?,
-                    period_start: row.try_get("period_start")?,
-                    period_end: row.try_get("period_end")?,
-                    reset_period: row.try_get("reset_period")?,
-                    enum_values: row.try_get("enum_values")?,
-                    credit_remaining: row.try_get("credit_remaining")?,
-                },
-                usage: match current_usage {
-                    None => None,
-                    Some(current_usage) => Some(StoredUsage {
-                        current_usage,
-                        period_start: row.try_get("u_start")?,
-                        period_end: row.try_get("u_end")?,
-                    }),
-                },
+                entitlement: store::entitlement_from_row(&row, row.try_get("feature_type")?)?,
+                usage: store::usage_from_row(&row)?,
             };
             let customer: String = row.try_get("customer_id")?;
             out.entry((customer, stored.resource_key.clone()))
