@@ -378,7 +378,7 @@ async fn dlq_replay(settings: &Settings, id: Option<&str>, all: bool) -> anyhow:
 
 async fn publish(settings: &Settings, file: &str) -> anyhow::Result<()> {
     let queue = settings.queue_url()?.to_owned();
-    let fifo = queue.trim_end_matches('/').ends_with(".fifo");
+    let fifo = crate::sqs::is_fifo(&queue);
     let sqs = crate::sqs::client(settings).await;
     let mut lines = Vec::new();
     for line in read_lines(file)?.lines() {

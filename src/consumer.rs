@@ -33,12 +33,6 @@ pub struct ConsumerConfig {
     pub max_receive_count: u32,
 }
 
-impl ConsumerConfig {
-    fn is_fifo(url: &str) -> bool {
-        url.trim_end_matches('/').ends_with(".fifo")
-    }
-}
-
 pub struct Consumer {
     sqs: aws_sdk_sqs::Client,
     processor: Processor,
@@ -227,15 +221,7 @@ impl Consumer {
         shutdown: &CancellationToken,
         hard_stop: &CancellationToken,
     ) {
-        let handles: Vec<(String, String)> = messages
-            .iter()
-            .map(|m| {
-                (
-                    m.message_id.clone().unwrap_or_default(),
-                    m.receipt_handle.clone().unwrap_or_default(),
-                )
-            })
-            .collect();
+        let handles: Vec<(String, String)> = messages.iter().map(handle_of).collect();
         let heartbeat = self.heartbeat(handles.clone());
         tokio::select! {
             _ = self.handle_batch_inner(messages, shutdown) => {}
@@ -415,7 +401,7 @@ impl Consumer {
                     string_attr(&truncate(&dl.reason, 1024)),
                 )
                 .message_attributes("stigg-byos-source-message-id", string_attr(source_id));
-            if ConsumerConfig::is_fifo(dlq) {
+            if crate::sqs::is_fifo(dlq) {
                 let group = m
                     .attributes
                     .as_ref()

@@ -97,8 +97,7 @@ pub async fn run(
             max_receive_count: settings.max_receive_count,
         };
         let sqs = sqs::client(&settings).await;
-        let fifo = cfg.queue_url.trim_end_matches('/').ends_with(".fifo");
-        let processor = Processor::new(pool.clone()).keep_order(fifo);
+        let processor = Processor::new(pool.clone()).keep_order(sqs::is_fifo(&cfg.queue_url));
         let consumer = Consumer::new(sqs, processor, cfg, health.clone());
         let shutdown = shutdown.clone();
         tasks.spawn(async move {

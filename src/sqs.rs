@@ -30,6 +30,11 @@ pub async fn client(settings: &Settings) -> aws_sdk_sqs::Client {
     aws_sdk_sqs::Client::new(&loader.load().await)
 }
 
+/// A queue URL ending in `.fifo` is a FIFO queue (§1).
+pub fn is_fifo(queue_url: &str) -> bool {
+    queue_url.trim_end_matches('/').ends_with(".fifo")
+}
+
 /// `https://sqs.eu-west-1.amazonaws.com/123/q` → `eu-west-1`.
 fn region_from_queue_url(url: &str) -> Option<String> {
     let host = url.split("://").nth(1)?.split('/').next()?;
