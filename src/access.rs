@@ -22,7 +22,8 @@ pub struct StoredAccess {
     pub customer_live: bool,
     /// An entitlement set exists for the requested resource (only asked when one is given).
     pub resource_set_exists: bool,
-    /// The customer has a subscription with status ACTIVE or IN_TRIAL.
+    /// The customer has a subscription with status ACTIVE or IN_TRIAL (only asked when the
+    /// entitlement is missing: rule 3 alone reads it).
     pub has_active_subscription: bool,
     /// The customer has at least one entitlement in any set (§7.7).
     pub has_any_entitlement: bool,

@@ -439,7 +439,9 @@ pub async fn report_usage(
     Ok(done.rows_affected())
 }
 
-/// Loads everything the access decision needs, in one round trip.
+/// Loads everything the access decision needs, in one round trip. The lookups only rule 2 or
+/// rule 3 of §5 use are skipped (PostgreSQL evaluates CASE lazily) when the entitlement is
+/// found or no resource was asked for: the hot path is three primary-key lookups.
 pub async fn load_access(
     pool: &PgPool,
     customer_id: &str,
@@ -448,11 +450,18 @@ pub async fn load_access(
 ) -> sqlx::Result<StoredAccess> {
     let row = sqlx::query(
         "SELECT
-           EXISTS (SELECT 1 FROM entitlement_sets s
-                   WHERE s.customer_id = c.customer_id AND s.resource_key = $2) AS set_exists,
-           EXISTS (SELECT 1 FROM subscriptions s WHERE s.customer_id = c.customer_id
-                   AND s.status IN ('ACTIVE', 'IN_TRIAL')) AS has_active,
-           EXISTS (SELECT 1 FROM entitlements a WHERE a.customer_id = c.customer_id) AS has_any,
+           CASE WHEN $2 = '' THEN false
+                WHEN e.feature_type IS NOT NULL THEN true
+                ELSE EXISTS (SELECT 1 FROM entitlement_sets s
+                             WHERE s.customer_id = c.customer_id AND s.resource_key = $2)
+           END AS set_exists,
+           CASE WHEN e.feature_type IS NOT NULL THEN false
+                ELSE EXISTS (SELECT 1 FROM subscriptions s WHERE s.customer_id = c.customer_id
+                             AND s.status IN ('ACTIVE', 'IN_TRIAL'))
+           END AS has_active,
+           CASE WHEN e.feature_type IS NOT NULL THEN true
+                ELSE EXISTS (SELECT 1 FROM entitlements a WHERE a.customer_id = c.customer_id)
+           END AS has_any,
            e.feature_type, e.meter_type, e.usage_limit, e.has_unlimited, e.has_soft_limit,
            e.period_anchor, e.period_start, e.period_end, e.reset_period, e.enum_values,
            e.credit_remaining,
