@@ -73,10 +73,9 @@ impl Processor {
             order.sort_by_key(|&i| events[i].customer_id().unwrap_or(""));
         }
         let ordered: Vec<&ParsedEvent> = order.iter().map(|&i| events[i]).collect();
-        let in_order: Vec<EventResult> = match self.process_together(&ordered).await {
-            Ok(Some(outcomes)) => outcomes.into_iter().map(Ok).collect(),
-            Ok(None) => self.process_one_by_one(&ordered).await?,
-            Err(e) => return Err(e),
+        let in_order: Vec<EventResult> = match self.process_together(&ordered).await? {
+            Some(outcomes) => outcomes.into_iter().map(Ok).collect(),
+            None => self.process_one_by_one(&ordered).await?,
         };
         let mut results: Vec<Option<EventResult>> = vec![None; events.len()];
         for (slot, result) in order.into_iter().zip(in_order) {
@@ -113,7 +112,8 @@ impl Processor {
                 }
             }
         }
-        tx.commit().await.map_err(classify)?;
+        // a failed commit wrote nothing, transient or not, so retrying is always safe
+        tx.commit().await.map_err(Transient)?;
         Ok(Some(outcomes))
     }
 
@@ -126,7 +126,8 @@ impl Processor {
             let mut tx = self.pool.begin().await.map_err(Transient)?;
             match apply::apply(&mut tx, ev).await {
                 Ok(o) => {
-                    tx.commit().await.map_err(classify)?;
+                    // a failed commit wrote nothing, transient or not, so retrying is always safe
+                    tx.commit().await.map_err(Transient)?;
                     results.push(Ok(o));
                 }
                 Err(e) if is_transient(&e) => return Err(Transient(e)),
@@ -138,9 +139,4 @@ impl Processor {
         }
         Ok(results)
     }
-}
-
-/// A failed commit: transient or not, nothing was written, so retrying is always safe.
-fn classify(e: sqlx::Error) -> Transient {
-    Transient(e)
 }
