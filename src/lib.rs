@@ -12,6 +12,7 @@ pub mod graphql;
 pub mod health;
 pub mod http;
 pub mod processor;
+pub mod reads;
 pub mod sqs;
 pub mod store;
 pub mod telemetry;
@@ -119,6 +120,7 @@ pub async fn run(
         }
         let state = http::AppState {
             pool: pool.clone(),
+            reads: Arc::new(reads::ReadPool::new((*pool.connect_options()).clone())),
             health: health.clone(),
             tokens: Arc::new(tokens),
         };

@@ -443,7 +443,7 @@ pub async fn report_usage(
 /// rule 3 of §5 use are skipped (PostgreSQL evaluates CASE lazily) when the entitlement is
 /// found or no resource was asked for: the hot path is three primary-key lookups.
 pub async fn load_access(
-    pool: &PgPool,
+    db: impl sqlx::PgExecutor<'_>,
     customer_id: &str,
     resource_id: Option<&str>,
     feature_id: &str,
@@ -476,7 +476,7 @@ pub async fn load_access(
     .bind(customer_id)
     .bind(resource_key(resource_id))
     .bind(feature_id)
-    .fetch_optional(pool)
+    .fetch_optional(db)
     .await?;
     let Some(row) = row else {
         return Ok(StoredAccess::default());

@@ -19,6 +19,7 @@ use super::scalars::{Cursor, Datetime};
 use super::subscriptions::{
     self, Subscription, SubscriptionCondition, SubscriptionsConnection, SubscriptionsOrderBy,
 };
+use crate::reads::{Read, ReadPool};
 
 const fn text(sql: &'static str, nullable: bool) -> Column {
     Column {
@@ -80,20 +81,18 @@ impl Node for Customer {
 }
 
 /// A live customer by id.
-pub async fn by_id(pool: &PgPool, id: &str) -> Result<Option<Customer>, Internal> {
+pub async fn by_id(reads: &ReadPool, id: &str) -> Result<Option<Customer>, Internal> {
     const SQL: &str = "SELECT t.customer_id, t.name, t.email, t.billing_id, t.created_at,
             t.updated_at
          FROM customers t WHERE t.customer_id = $1 AND NOT t.is_deleted";
-    Ok(sqlx::query_as::<_, Customer>(SQL)
-        .bind(id)
-        .fetch_optional(pool)
-        .await?)
+    let read: Read<str, _> = |conn, id| Box::pin(sqlx::query_as(SQL).bind(id).fetch_optional(conn));
+    Ok(reads.run(id, read).await?)
 }
 
 /// A live customer by id with the first page of its subscriptions, in one round trip (the
 /// hot path of `customer(customerId) { … subscriptions { nodes { … } } }`).
 pub async fn by_id_with_subscriptions(
-    pool: &PgPool,
+    reads: &ReadPool,
     id: &str,
 ) -> Result<Option<Customer>, Internal> {
     const SQL: &str = "SELECT t.customer_id, t.name, t.email, t.billing_id, t.created_at,
@@ -106,7 +105,8 @@ pub async fn by_id_with_subscriptions(
              FROM subscriptions t WHERE t.customer_id = $1
              ORDER BY t.subscription_id LIMIT 1001) s ON TRUE
          WHERE t.customer_id = $1 AND NOT t.is_deleted";
-    let rows = sqlx::query(SQL).bind(id).fetch_all(pool).await?;
+    let read: Read<str, _> = |conn, id| Box::pin(sqlx::query(SQL).bind(id).fetch_all(conn));
+    let rows = reads.run(id, read).await?;
     let Some(first) = rows.first() else {
         return Ok(None);
     };

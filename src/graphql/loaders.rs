@@ -17,6 +17,7 @@ use super::entitlements::{merge_usage, StoredRow};
 use super::error::Internal;
 use super::page::{fetch_children, Page, Spec};
 use super::subscriptions::Subscription;
+use crate::reads::ReadPool;
 use crate::store;
 
 type Cached<L> = OnceLock<DataLoader<L, HashMapCache>>;
@@ -24,6 +25,8 @@ type Cached<L> = OnceLock<DataLoader<L, HashMapCache>>;
 /// The pool and this request's loaders (each made on first use).
 pub struct Db {
     pub pool: PgPool,
+    /// For the single-row lookups ([`crate::reads`]).
+    pub reads: Arc<ReadPool>,
     customers: Cached<CustomerLoader>,
     subscription_pages: Cached<SubscriptionPageLoader>,
     entitlement_json: Cached<EntitlementJsonLoader>,
@@ -31,9 +34,10 @@ pub struct Db {
 }
 
 impl Db {
-    pub fn new(pool: PgPool) -> Self {
+    pub fn new(pool: PgPool, reads: Arc<ReadPool>) -> Self {
         Db {
             pool,
+            reads,
             customers: OnceLock::new(),
             subscription_pages: OnceLock::new(),
             entitlement_json: OnceLock::new(),

@@ -33,6 +33,7 @@ use sqlx::PgPool;
 
 use self::loaders::Db;
 use self::query::Query;
+use crate::reads::ReadPool;
 
 type ReplicaSchema = Schema<Query, EmptyMutation, EmptySubscription>;
 
@@ -46,6 +47,7 @@ pub const MAX_COMPLEXITY: usize = 1_000_000;
 struct Api {
     schema: ReplicaSchema,
     pool: PgPool,
+    reads: Arc<ReadPool>,
     documents: guard::Documents,
 }
 
@@ -61,12 +63,13 @@ pub fn sdl() -> String {
 }
 
 /// `POST /graphql`, `GET /graphql` (guarded by the bearer-token layer).
-pub fn routes<S: Clone + Send + Sync + 'static>(pool: PgPool) -> Router<S> {
+pub fn routes<S: Clone + Send + Sync + 'static>(pool: PgPool, reads: Arc<ReadPool>) -> Router<S> {
     Router::new()
         .route("/graphql", get(graphql_get).post(graphql_post))
         .with_state(Arc::new(Api {
             schema: schema(),
             pool,
+            reads,
             documents: guard::Documents::default(),
         }))
 }
@@ -106,7 +109,7 @@ async fn execute(api: &Api, mut request: async_graphql::Request) -> Response {
     if let Err(e) = api.documents.prepare(&mut request) {
         return json(&async_graphql::Response::from_errors(vec![e]));
     }
-    let request = request.data(Db::new(api.pool.clone()));
+    let request = request.data(Db::new(api.pool.clone(), api.reads.clone()));
     json(&api.schema.execute(request).await)
 }
 

@@ -132,12 +132,12 @@ impl Query {
     }
 
     async fn customer(&self, ctx: &Context<'_>, customer_id: String) -> Option<Customer> {
-        let pool = &Db::of(ctx).pool;
+        let reads = &Db::of(ctx).reads;
         // with its subscriptions in the same round trip when they are asked for
         let result = if ctx.look_ahead().field("subscriptions").exists() {
-            customers::by_id_with_subscriptions(pool, &customer_id).await
+            customers::by_id_with_subscriptions(reads, &customer_id).await
         } else {
-            customers::by_id(pool, &customer_id).await
+            customers::by_id(reads, &customer_id).await
         };
         or_null(ctx, result.map_err(Into::into))
     }
@@ -147,7 +147,7 @@ impl Query {
         ctx: &Context<'_>,
         subscription_id: String,
     ) -> Option<Subscription> {
-        let result = subscriptions::by_id(&Db::of(ctx).pool, &subscription_id).await;
+        let result = subscriptions::by_id(&Db::of(ctx).reads, &subscription_id).await;
         or_null(ctx, result.map_err(Into::into))
     }
 }

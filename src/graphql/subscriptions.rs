@@ -4,13 +4,14 @@
 use async_graphql::{Context, Enum, InputObject, MaybeUndefined, Object, Result};
 use chrono::{DateTime, Utc};
 use sqlx::postgres::PgRow;
-use sqlx::{FromRow, PgPool, Row};
+use sqlx::{FromRow, Row};
 
 use super::customers::Customer;
 use super::error::{or_null, Internal};
 use super::loaders::Db;
 use super::page::{connection, Column, Kind, Node, OrderBy, Table, Term, Value};
 use super::scalars::Datetime;
+use crate::reads::{Read, ReadPool};
 
 const fn text(sql: &'static str, nullable: bool) -> Column {
     Column {
@@ -125,7 +126,7 @@ impl Node for Subscription {
 }
 
 /// The subscription, when its customer is not a tombstone.
-pub async fn by_id(pool: &PgPool, id: &str) -> Result<Option<Subscription>, Internal> {
+pub async fn by_id(reads: &ReadPool, id: &str) -> Result<Option<Subscription>, Internal> {
     const SQL: &str = "SELECT t.subscription_id, t.customer_id, t.status, t.plan_id, t.plan_name,
             t.billing_id, t.resource_id, t.billing_period, t.start_date, t.end_date,
             t.cancellation_date, t.trial_end_date, t.created_at, t.updated_at
@@ -133,10 +134,8 @@ pub async fn by_id(pool: &PgPool, id: &str) -> Result<Option<Subscription>, Inte
          WHERE t.subscription_id = $1
            AND EXISTS (SELECT 1 FROM customers c WHERE c.customer_id = t.customer_id
                        AND NOT c.is_deleted)";
-    Ok(sqlx::query_as::<_, Subscription>(SQL)
-        .bind(id)
-        .fetch_optional(pool)
-        .await?)
+    let read: Read<str, _> = |conn, id| Box::pin(sqlx::query_as(SQL).bind(id).fetch_optional(conn));
+    Ok(reads.run(id, read).await?)
 }
 
 #[Object]

@@ -12,6 +12,7 @@ use serde_json::Value;
 
 use super::{ApiError, AppState};
 use crate::access::{decide, AccessRequest, StoredAccess};
+use crate::reads::Read;
 use crate::{store, telemetry};
 
 pub async fn check_access(
@@ -51,7 +52,13 @@ async fn load(state: &AppState, request: &AccessRequest) -> Result<StoredAccess,
     } else {
         request.resource_id.as_deref()
     };
-    let mut stored = store::load_access(&state.pool, &request.customer_id, resource, feature)
+    let key = (request.customer_id.as_str(), resource, feature);
+    let read: Read<(&str, Option<&str>, &str), _> = |conn, &(customer, resource, feature)| {
+        Box::pin(store::load_access(conn, customer, resource, feature))
+    };
+    let mut stored = state
+        .reads
+        .run(&key, read)
         .await
         .map_err(|e| ApiError::internal(&e))?;
     if resource_unstorable {

@@ -20,6 +20,7 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::health::Health;
+use crate::reads::ReadPool;
 
 /// Bodies over this size are refused with 413 (§7.13).
 pub const BODY_LIMIT: usize = 64 * 1024;
@@ -27,6 +28,8 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 #[derive(Clone)]
 pub struct AppState {
     pub pool: PgPool,
+    /// The hot read paths' connections ([`crate::reads`]).
+    pub reads: Arc<ReadPool>,
     pub health: Arc<Health>,
     pub tokens: Arc<Vec<String>>,
 }
@@ -66,7 +69,10 @@ pub fn router(state: AppState) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
     let guarded = Router::new()
         .route("/check-access", post(access::check_access))
-        .merge(crate::graphql::routes(state.pool.clone()))
+        .merge(crate::graphql::routes(
+            state.pool.clone(),
+            state.reads.clone(),
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,

@@ -1,0 +1,109 @@
+//! Connections for the hot read paths (`/check-access`, GraphQL's `customer` and
+//! `subscription`), without the two extra round trips per query that sqlx's pool makes: it
+//! pings a connection when it hands it out and again when it takes it back. Under load those
+//! pings were a third of the server's socket writes and most of PostgreSQL's wake-ups
+//! (BENCHMARKS.md).
+//!
+//! Instead a connection is checked by using it: a query that fails because the connection
+//! is gone (closed while idle, the database restarted) is run once more on a new one. Reads
+//! are idempotent, so that retry is safe. A connection is kept only after a call that
+//! completed, with an answer or a database error; one whose call was cancelled midway is
+//! dropped, never reused.
+
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::Connection;
+use tokio::sync::Semaphore;
+
+/// At most this many connections; further callers wait for one.
+pub const MAX_CONNECTIONS: usize = 8;
+/// How long a caller waits for a free connection, and for a new one to open.
+const WAIT: Duration = Duration::from_secs(2);
+
+/// A read: its query (or queries) on the connection, with what it needs from the caller.
+/// A plain function, so that it can be run twice and its future is `Send`.
+pub type Read<A, T> = for<'c> fn(&'c mut PgConnection, &'c A) -> BoxFuture<'c, sqlx::Result<T>>;
+
+pub struct ReadPool {
+    options: PgConnectOptions,
+    idle: Mutex<Vec<PgConnection>>,
+    permits: Semaphore,
+}
+
+impl ReadPool {
+    pub fn new(options: PgConnectOptions) -> Self {
+        ReadPool {
+            options,
+            idle: Mutex::new(Vec::with_capacity(MAX_CONNECTIONS)),
+            permits: Semaphore::new(MAX_CONNECTIONS),
+        }
+    }
+
+    /// Runs `read(connection, arg)`. When a connection taken from the idle list turns out to
+    /// be gone, `read` runs once more on a new connection.
+    pub async fn run<A: ?Sized + Sync, T>(&self, arg: &A, read: Read<A, T>) -> sqlx::Result<T> {
+        let _permit = tokio::time::timeout(WAIT, self.permits.acquire())
+            .await
+            .map_err(|_| sqlx::Error::PoolTimedOut)?
+            .map_err(|_| sqlx::Error::PoolClosed)?;
+        if let Some(mut conn) = self.take_idle() {
+            match read(&mut conn, arg).await {
+                Err(e) if connection_lost(&e) => drop(conn),
+                result => return self.settle(conn, result),
+            }
+        }
+        let mut conn = tokio::time::timeout(WAIT, PgConnection::connect_with(&self.options))
+            .await
+            .map_err(|_| sqlx::Error::PoolTimedOut)??;
+        let result = read(&mut conn, arg).await;
+        self.settle(conn, result)
+    }
+
+    fn take_idle(&self) -> Option<PgConnection> {
+        self.idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop()
+    }
+
+    /// Keeps `conn` for the next call unless `result` says it is gone.
+    fn settle<T>(&self, conn: PgConnection, result: sqlx::Result<T>) -> sqlx::Result<T> {
+        if !matches!(&result, Err(e) if connection_lost(e)) {
+            let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+            if idle.len() < MAX_CONNECTIONS {
+                idle.push(conn);
+            }
+        }
+        result
+    }
+}
+
+/// Whether `e` means the connection can no longer be used (as opposed to a query that
+/// failed on a healthy connection).
+pub fn connection_lost(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) => true,
+        // connection_exception (08…), admin/crash shutdown, cannot connect now (57P01–57P03)
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| c.starts_with("08") || matches!(&*c, "57P01" | "57P02" | "57P03")),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::connection_lost;
+
+    #[test]
+    fn io_errors_mean_the_connection_is_gone_and_decode_errors_do_not() {
+        let io = sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert!(connection_lost(&io));
+        assert!(connection_lost(&sqlx::Error::Protocol("eof".into())));
+        assert!(!connection_lost(&sqlx::Error::RowNotFound));
+        assert!(!connection_lost(&sqlx::Error::PoolTimedOut));
+    }
+}
