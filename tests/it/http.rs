@@ -399,3 +399,43 @@ async fn readyz_is_503_when_the_database_is_unreachable() {
     );
     app.stop().await;
 }
+
+/// The hot reads keep their connections without pinging them (src/reads.rs): one that died
+/// while idle must be replaced within the same request, not answered with a 503.
+#[tokio::test]
+async fn hot_reads_survive_connections_killed_while_idle() {
+    let (app, pool) = app_with_story(&[]).await;
+    let body = json!({"customerId": "cust-orbit", "featureId": "feature-sso"});
+    let query = json!({
+        "query": "query($id:String!){ customer(customerId:$id){ customerId subscriptions { nodes { status } } } }",
+        "variables": {"id": "cust-orbit"},
+    });
+    let graphql = || async {
+        let r = reqwest::Client::new()
+            .post(format!("{}/graphql", app.base))
+            .json(&query)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json::<Value>().await.unwrap())
+    };
+    let (s, before) = check(&app, body.clone()).await;
+    assert_eq!(s, 200, "{before}");
+    let (s, gq_before) = graphql().await;
+    assert_eq!(s, 200);
+    assert_eq!(gq_before["data"]["customer"]["customerId"], "cust-orbit");
+
+    let killed = count(
+        &pool,
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .await;
+    assert!(killed >= 1, "the server's connections were not found");
+    for _ in 0..3 {
+        let (s, after) = check(&app, body.clone()).await;
+        assert_eq!((s, &after), (200, &before));
+        assert_eq!(graphql().await, (200, gq_before.clone()));
+    }
+    app.stop().await;
+}
