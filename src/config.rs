@@ -55,6 +55,12 @@ pub struct Settings {
           value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub worker_concurrency: u32,
 
+    /// Database connections for the hot reads of /check-access and /graphql (1–256); default
+    /// twice the CPUs, at least 4. Raise it when the database is across a network.
+    #[arg(long, env = "READ_CONNECTIONS", global = true,
+          value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub read_connections: Option<u32>,
+
     /// Long-poll wait of each receive, in seconds (0–20).
     #[arg(long, env = "SQS_WAIT_SECONDS", global = true, default_value_t = 20,
           value_parser = clap::value_parser!(u32).range(0..=20))]
@@ -97,6 +103,7 @@ impl std::fmt::Debug for Settings {
             .field("http_addr", &self.http_addr)
             .field("api_tokens", &redacted(&self.api_tokens))
             .field("worker_concurrency", &self.worker_concurrency)
+            .field("read_connections", &self.read_connections)
             .field("sqs_wait_seconds", &self.sqs_wait_seconds)
             .field("sqs_visibility_timeout", &self.sqs_visibility_timeout)
             .field("max_receive_count", &self.max_receive_count)
@@ -138,6 +145,19 @@ impl Settings {
             .collect()
     }
 
+    /// `READ_CONNECTIONS`, or twice the CPUs (at least 4): the database answers a hot read in
+    /// well under a millisecond, so a few connections per core keep it busy, and more only
+    /// add backends competing for the same cores (BENCHMARKS.md).
+    pub fn read_connections(&self) -> usize {
+        match self.read_connections {
+            Some(n) => n as usize,
+            None => std::thread::available_parallelism()
+                .map_or(2, |n| n.get())
+                .saturating_mul(2)
+                .max(4),
+        }
+    }
+
     pub fn visibility_timeout(&self) -> Duration {
         Duration::from_secs(u64::from(self.sqs_visibility_timeout))
     }
@@ -158,5 +178,25 @@ impl Settings {
             w.push("SQS_DLQ_URL equals SQS_QUEUE_URL: dead letters would loop".into());
         }
         w
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use crate::cli::Cli;
+
+    fn settings(args: &[&str]) -> super::Settings {
+        let argv = std::iter::once("stigg-byos").chain(args.iter().copied());
+        Cli::try_parse_from(argv).expect("valid flags").settings
+    }
+
+    #[test]
+    fn read_connections_default_to_twice_the_cpus_and_at_least_four() {
+        let cpus = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(settings(&[]).read_connections(), (2 * cpus).max(4));
+        assert_eq!(settings(&["--read-connections", "1"]).read_connections(), 1);
+        assert!(Cli::try_parse_from(["stigg-byos", "--read-connections", "0"]).is_err());
     }
 }

@@ -145,7 +145,10 @@ pub async fn run(
         }
         let state = http::AppState {
             pool: pool.clone(),
-            reads: Arc::new(reads::ReadPool::new((*pool.connect_options()).clone())),
+            reads: Arc::new(reads::ReadPool::new(
+                (*pool.connect_options()).clone(),
+                settings.read_connections(),
+            )),
             health: health.clone(),
             tokens: Arc::new(tokens),
         };

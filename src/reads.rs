@@ -18,8 +18,6 @@ use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::Connection;
 use tokio::sync::Semaphore;
 
-/// At most this many connections; further callers wait for one.
-pub const MAX_CONNECTIONS: usize = 8;
 /// How long a caller waits for a free connection, and for a new one to open.
 const WAIT: Duration = Duration::from_secs(2);
 
@@ -30,15 +28,19 @@ pub type Read<A, T> = for<'c> fn(&'c mut PgConnection, &'c A) -> BoxFuture<'c, s
 pub struct ReadPool {
     options: PgConnectOptions,
     idle: Mutex<Vec<PgConnection>>,
+    /// At most this many connections; further callers wait for one.
+    max: usize,
     permits: Semaphore,
 }
 
 impl ReadPool {
-    pub fn new(options: PgConnectOptions) -> Self {
+    pub fn new(options: PgConnectOptions, max: usize) -> Self {
+        let max = max.max(1);
         ReadPool {
             options,
-            idle: Mutex::new(Vec::with_capacity(MAX_CONNECTIONS)),
-            permits: Semaphore::new(MAX_CONNECTIONS),
+            idle: Mutex::new(Vec::with_capacity(max)),
+            max,
+            permits: Semaphore::new(max),
         }
     }
 
@@ -73,7 +75,7 @@ impl ReadPool {
     fn settle<T>(&self, conn: PgConnection, result: sqlx::Result<T>) -> sqlx::Result<T> {
         if !matches!(&result, Err(e) if connection_lost(e)) {
             let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-            if idle.len() < MAX_CONNECTIONS {
+            if idle.len() < self.max {
                 idle.push(conn);
             }
         }
