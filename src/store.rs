@@ -73,9 +73,11 @@ pub async fn ensure_customer(
     c: &EmbeddedCustomer,
     at: Option<DateTime<Utc>>,
 ) -> sqlx::Result<CustomerGate> {
+    let copy = serde_json::json!({ "name": c.name, "email": c.email, "billingId": c.billing_id });
     for _ in 0..3 {
         let row = sqlx::query(
-            "SELECT is_deleted, deleted_at FROM customers WHERE customer_id = $1 FOR SHARE",
+            "SELECT is_deleted, deleted_at, embedded, embedded_at FROM customers
+             WHERE customer_id = $1 FOR SHARE",
         )
         .bind(&c.id)
         .fetch_optional(&mut *conn)
@@ -83,13 +85,16 @@ pub async fn ensure_customer(
         match row {
             None => {
                 let inserted = sqlx::query(
-                    "INSERT INTO customers (customer_id, name, email, billing_id)
-                     VALUES ($1, $2, $3, $4) ON CONFLICT (customer_id) DO NOTHING",
+                    "INSERT INTO customers (customer_id, name, email, billing_id, embedded,
+                         embedded_at)
+                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (customer_id) DO NOTHING",
                 )
                 .bind(&c.id)
                 .bind(&c.name)
                 .bind(&c.email)
                 .bind(&c.billing_id)
+                .bind(&copy)
+                .bind(at)
                 .execute(&mut *conn)
                 .await?;
                 if inserted.rows_affected() == 1 {
@@ -98,29 +103,38 @@ pub async fn ensure_customer(
                 // lost a race with another writer: look again
             }
             Some(row) => {
-                let is_deleted: bool = row.get(0);
-                let deleted_at: Option<DateTime<Utc>> = row.get(1);
-                let Some(deleted_at) = deleted_at else {
+                let is_deleted: bool = row.try_get(0)?;
+                let deleted_at: Option<DateTime<Utc>> = row.try_get(1)?;
+                if let Some(deleted_at) = deleted_at {
+                    if at.is_none_or(|t| t <= deleted_at) {
+                        return Ok(CustomerGate::Stale);
+                    }
+                }
+                let sql = if is_deleted {
+                    // newer than the deletion: revived as a placeholder (§7.6)
+                    "UPDATE customers SET is_deleted = false, version = NULL, name = $2,
+                         email = $3, billing_id = $4, metadata = NULL, raw = NULL,
+                         embedded = $5, embedded_at = $6, updated_at = now()
+                     WHERE customer_id = $1"
+                } else if newer_copy(&row, &copy, at)? {
+                    // a placeholder shows the newest copy; a customer.* row keeps its own
+                    "UPDATE customers SET embedded = $5, embedded_at = $6,
+                         name = CASE WHEN raw IS NULL THEN $2 ELSE name END,
+                         email = CASE WHEN raw IS NULL THEN $3 ELSE email END,
+                         billing_id = CASE WHEN raw IS NULL THEN $4 ELSE billing_id END
+                     WHERE customer_id = $1"
+                } else {
                     return Ok(CustomerGate::Live);
                 };
-                match at {
-                    Some(t) if t > deleted_at => {}
-                    _ => return Ok(CustomerGate::Stale),
-                }
-                if is_deleted {
-                    sqlx::query(
-                        "UPDATE customers SET is_deleted = false, version = NULL, name = $2,
-                                email = $3, billing_id = $4, metadata = NULL, raw = NULL,
-                                updated_at = now()
-                         WHERE customer_id = $1",
-                    )
+                sqlx::query(sql)
                     .bind(&c.id)
                     .bind(&c.name)
                     .bind(&c.email)
                     .bind(&c.billing_id)
+                    .bind(&copy)
+                    .bind(at)
                     .execute(&mut *conn)
                     .await?;
-                }
                 return Ok(CustomerGate::Live);
             }
         }
@@ -161,6 +175,22 @@ pub async fn upsert_customer(
     .execute(conn)
     .await?;
     Ok(done.rows_affected() == 1)
+}
+
+/// Whether an embedded copy must be recorded: none is yet, or this one is newer and differs.
+/// An identical newer copy is not written, so that the stream of events about a customer does
+/// not rewrite its row each time; the recorded content is then still the newest seen.
+fn newer_copy(
+    row: &sqlx::postgres::PgRow,
+    copy: &Value,
+    at: Option<DateTime<Utc>>,
+) -> sqlx::Result<bool> {
+    let stored: Option<Value> = row.try_get(2)?;
+    let stored_at: Option<DateTime<Utc>> = row.try_get(3)?;
+    let Some(stored) = stored else {
+        return Ok(true);
+    };
+    Ok(&stored != copy && crate::version::supersedes(Some(stored_at), at))
 }
 
 /// `customer.deleted`. The outcome does not depend on arrival order: state older than the
@@ -228,14 +258,18 @@ pub async fn delete_customer(
     };
     let survivors = drop_state_older_than(conn, id, t).await?;
     let sql = if survivors {
-        // newer state arrived first: in order, it would have revived the customer as a
-        // placeholder, so it stays one (keeping what it knew)
+        // newer state arrived first: in order, the deletion would have cleared the customer
+        // and that state's event revived it as a placeholder from its embedded copy (§7.6),
+        // which is the newest copy recorded
         "UPDATE customers SET is_deleted = false, version = NULL, deleted_at = $2,
+                name = embedded->>'name', email = embedded->>'email',
+                billing_id = embedded->>'billingId', metadata = NULL, raw = NULL,
                 updated_at = now()
          WHERE customer_id = $1"
     } else {
         "UPDATE customers SET is_deleted = true, deleted_at = $2, version = $2, name = NULL,
-                email = NULL, billing_id = NULL, metadata = NULL, raw = NULL, updated_at = now()
+                email = NULL, billing_id = NULL, metadata = NULL, raw = NULL, embedded = NULL,
+                embedded_at = NULL, updated_at = now()
          WHERE customer_id = $1"
     };
     sqlx::query(sql)

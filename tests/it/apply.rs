@@ -649,3 +649,77 @@ async fn batch_results_line_up_with_their_events_whatever_the_apply_order() {
         "the later copy of zeta stays the duplicate"
     );
 }
+
+/// The bench's divergence (BENCHMARKS.md, Correctness): a `customer.updated` older than the
+/// deletion, then state newer than it. In order, the deletion clears the customer and the
+/// newer event revives it from its embedded copy; when the deletion arrives last it must end
+/// the same, not keep the older `customer.updated`'s name.
+#[tokio::test]
+async fn a_late_deletion_revives_from_the_newer_events_embedded_copy_in_every_order() {
+    let at = |d: u32| json!(format!("2026-11-{d:02}T00:00:00Z"));
+    let embedded = |name: &str| json!({"id": "cust-orbit", "name": name, "email": "e@orbit.example", "billingId": "b1"});
+    let story = [
+        event(
+            "customer.updated",
+            &[("timestamp", at(1)), ("name", json!("Older name"))],
+        ),
+        event("customer.deleted", &[("timestamp", at(5))]),
+        event(
+            "measurement.reported",
+            &[("timestamp", at(7)), ("customer", embedded("Embedded 7"))],
+        ),
+    ];
+    let row = |pool: PgPool| async move {
+        sqlx::query_scalar::<_, String>(
+            "SELECT concat_ws(' ', name, email, billing_id, is_deleted, version IS NULL,
+                    raw IS NULL, deleted_at AT TIME ZONE 'UTC') FROM customers",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+    };
+    let mut seen = Vec::new();
+    for order in [
+        [0, 1, 2],
+        [0, 2, 1],
+        [1, 0, 2],
+        [1, 2, 0],
+        [2, 0, 1],
+        [2, 1, 0],
+    ] {
+        let (pool, _) = migrated_pool().await;
+        for i in order {
+            apply_one(&pool, story[i].clone()).await;
+        }
+        seen.push((order, row(pool.clone()).await, digest(&pool).await));
+    }
+    let expected = vec!["Embedded 7 e@orbit.example b1 f t t 2026-11-05 00:00:00".to_string()];
+    for (order, customer, all) in &seen {
+        assert_eq!(customer, &expected, "arrival order {order:?}");
+        assert_eq!(all, &seen[0].2, "arrival order {order:?}");
+    }
+
+    // a placeholder shows the newest embedded copy, whichever arrives first
+    let newer = event(
+        "measurement.reported",
+        &[
+            ("messageId", json!("m9")),
+            ("timestamp", at(9)),
+            ("customer", embedded("Embedded 9")),
+        ],
+    );
+    let older = story[2].clone();
+    for pair in [
+        [older.clone(), newer.clone()],
+        [newer.clone(), older.clone()],
+    ] {
+        let (pool, _) = migrated_pool().await;
+        for e in pair {
+            apply_one(&pool, e).await;
+        }
+        assert_eq!(
+            customer_name(&pool, "cust-orbit").await,
+            Some(Some("Embedded 9".into()))
+        );
+    }
+}
