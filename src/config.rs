@@ -56,7 +56,7 @@ pub struct Settings {
     pub worker_concurrency: u32,
 
     /// Database connections for the hot reads of /check-access and /graphql (1–256); default
-    /// twice the CPUs, at least 4. Raise it when the database is across a network.
+    /// twice the CPUs, from 4 to 32. Raise it when the database is across a network.
     #[arg(long, env = "READ_CONNECTIONS", global = true,
           value_parser = clap::value_parser!(u32).range(1..=256))]
     pub read_connections: Option<u32>,
@@ -145,7 +145,7 @@ impl Settings {
             .collect()
     }
 
-    /// `READ_CONNECTIONS`, or twice the CPUs (at least 4): the database answers a hot read in
+    /// `READ_CONNECTIONS`, or twice the CPUs (4 to 32): the database answers a hot read in
     /// well under a millisecond, so a few connections per core keep it busy, and more only
     /// add backends competing for the same cores (BENCHMARKS.md).
     pub fn read_connections(&self) -> usize {
@@ -154,7 +154,7 @@ impl Settings {
             None => std::thread::available_parallelism()
                 .map_or(2, |n| n.get())
                 .saturating_mul(2)
-                .max(4),
+                .clamp(4, 32),
         }
     }
 
@@ -193,9 +193,9 @@ mod tests {
     }
 
     #[test]
-    fn read_connections_default_to_twice_the_cpus_and_at_least_four() {
+    fn read_connections_default_to_twice_the_cpus_from_four_to_thirty_two() {
         let cpus = std::thread::available_parallelism().unwrap().get();
-        assert_eq!(settings(&[]).read_connections(), (2 * cpus).max(4));
+        assert_eq!(settings(&[]).read_connections(), (2 * cpus).clamp(4, 32));
         assert_eq!(settings(&["--read-connections", "1"]).read_connections(), 1);
         assert!(Cli::try_parse_from(["stigg-byos", "--read-connections", "0"]).is_err());
     }

@@ -68,7 +68,9 @@ pub fn connect_options(
         || host
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback());
-    let sslmode_said = pgsslmode.is_some() || url.to_ascii_lowercase().contains("sslmode=");
+    let lower = url.to_ascii_lowercase();
+    let sslmode_said =
+        pgsslmode.is_some() || lower.contains("sslmode=") || lower.contains("ssl-mode=");
     Ok(if loopback && !sslmode_said {
         options.ssl_mode(PgSslMode::Disable)
     } else {
@@ -217,6 +219,8 @@ mod tests {
             assert!(matches!(mode(url, None), PgSslMode::Disable), "{url}");
         }
         let said = "postgres://u@127.0.0.1/db?sslmode=require";
+        assert!(matches!(mode(said, None), PgSslMode::Require));
+        let said = "postgres://u@127.0.0.1/db?ssl-mode=require";
         assert!(matches!(mode(said, None), PgSslMode::Require));
         assert!(!matches!(
             mode("postgres://u@127.0.0.1/db", Some("require")),

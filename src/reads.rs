@@ -11,7 +11,7 @@
 //! dropped, never reused.
 
 use std::sync::{Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
@@ -20,6 +20,9 @@ use tokio::sync::Semaphore;
 
 /// How long a caller waits for a free connection, and for a new one to open.
 const WAIT: Duration = Duration::from_secs(2);
+/// A connection is closed after this long, as sqlx's pool does, so that reads move to a new
+/// server behind the same address (a failover) within this time.
+const MAX_AGE: Duration = Duration::from_secs(30 * 60);
 
 /// A read: its query (or queries) on the connection, with what it needs from the caller.
 /// A plain function, so that it can be run twice and its future is `Send`.
@@ -27,7 +30,8 @@ pub type Read<A, T> = for<'c> fn(&'c mut PgConnection, &'c A) -> BoxFuture<'c, s
 
 pub struct ReadPool {
     options: PgConnectOptions,
-    idle: Mutex<Vec<PgConnection>>,
+    /// Idle connections with the time each was opened.
+    idle: Mutex<Vec<(PgConnection, Instant)>>,
     /// At most this many connections; further callers wait for one.
     max: usize,
     permits: Semaphore,
@@ -51,32 +55,38 @@ impl ReadPool {
             .await
             .map_err(|_| sqlx::Error::PoolTimedOut)?
             .map_err(|_| sqlx::Error::PoolClosed)?;
-        if let Some(mut conn) = self.take_idle() {
+        if let Some((mut conn, opened)) = self.take_idle() {
             match read(&mut conn, arg).await {
                 Err(e) if connection_lost(&e) => drop(conn),
-                result => return self.settle(conn, result),
+                result => return self.settle(conn, opened, result),
             }
         }
         let mut conn = tokio::time::timeout(WAIT, PgConnection::connect_with(&self.options))
             .await
             .map_err(|_| sqlx::Error::PoolTimedOut)??;
         let result = read(&mut conn, arg).await;
-        self.settle(conn, result)
+        self.settle(conn, Instant::now(), result)
     }
 
-    fn take_idle(&self) -> Option<PgConnection> {
+    fn take_idle(&self) -> Option<(PgConnection, Instant)> {
         self.idle
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .pop()
     }
 
-    /// Keeps `conn` for the next call unless `result` says it is gone.
-    fn settle<T>(&self, conn: PgConnection, result: sqlx::Result<T>) -> sqlx::Result<T> {
-        if !matches!(&result, Err(e) if connection_lost(e)) {
+    /// Keeps `conn` for the next call unless `result` says it is gone or it is too old.
+    fn settle<T>(
+        &self,
+        conn: PgConnection,
+        opened: Instant,
+        result: sqlx::Result<T>,
+    ) -> sqlx::Result<T> {
+        let lost = matches!(&result, Err(e) if connection_lost(e));
+        if !lost && opened.elapsed() < MAX_AGE {
             let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
             if idle.len() < self.max {
-                idle.push(conn);
+                idle.push((conn, opened));
             }
         }
         result
@@ -88,10 +98,11 @@ impl ReadPool {
 pub fn connection_lost(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) => true,
-        // connection_exception (08…), admin/crash shutdown, cannot connect now (57P01–57P03)
+        // connection_exception (08…) and operator intervention that ends the session (57P…:
+        // shutdown, crash, cannot connect now, idle_session_timeout)
         sqlx::Error::Database(db) => db
             .code()
-            .is_some_and(|c| c.starts_with("08") || matches!(&*c, "57P01" | "57P02" | "57P03")),
+            .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
         _ => false,
     }
 }
