@@ -5,3 +5,9 @@
 -- none of it.
 ALTER TABLE customers ADD COLUMN embedded jsonb;
 ALTER TABLE customers ADD COLUMN embedded_at timestamptz;
+
+-- A placeholder written before this migration was made from an embedded copy: record it (its
+-- time is unknown, so any timed copy replaces it).
+UPDATE customers
+   SET embedded = jsonb_build_object('name', name, 'email', email, 'billingId', billing_id)
+ WHERE raw IS NULL AND NOT is_deleted;

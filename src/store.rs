@@ -260,10 +260,14 @@ pub async fn delete_customer(
     let sql = if survivors {
         // newer state arrived first: in order, the deletion would have cleared the customer
         // and that state's event revived it as a placeholder from its embedded copy (§7.6),
-        // which is the newest copy recorded
+        // which is the newest copy recorded (none only for state written before migration
+        // 0002 recorded copies: then the fields stay)
         "UPDATE customers SET is_deleted = false, version = NULL, deleted_at = $2,
-                name = embedded->>'name', email = embedded->>'email',
-                billing_id = embedded->>'billingId', metadata = NULL, raw = NULL,
+                name = CASE WHEN embedded IS NULL THEN name ELSE embedded->>'name' END,
+                email = CASE WHEN embedded IS NULL THEN email ELSE embedded->>'email' END,
+                billing_id = CASE WHEN embedded IS NULL THEN billing_id
+                                  ELSE embedded->>'billingId' END,
+                metadata = NULL, raw = NULL,
                 updated_at = now()
          WHERE customer_id = $1"
     } else {
