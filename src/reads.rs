@@ -1,8 +1,8 @@
 //! Connections for the hot read paths (`/check-access`, GraphQL's `customer` and
 //! `subscription`), without the two extra round trips per query that sqlx's pool makes: it
-//! pings a connection when it hands it out and again when it takes it back. Under load those
-//! pings were a third of the server's socket writes and most of PostgreSQL's wake-ups
-//! (BENCHMARKS.md).
+//! pings a connection when it hands it out and again when it takes it back, so two of every
+//! three round trips of a one-row query were pings. Under load the server's socket sends were
+//! a quarter of its CPU (BENCHMARKS.md).
 //!
 //! Instead a connection is checked by using it: a query that fails because the connection
 //! is gone (closed while idle, the database restarted) is run once more on a new one. Reads

@@ -179,7 +179,9 @@ pub async fn upsert_customer(
 
 /// Whether an embedded copy must be recorded: none is yet, or this one is newer and differs.
 /// An identical newer copy is not written, so that the stream of events about a customer does
-/// not rewrite its row each time; the recorded content is then still the newest seen.
+/// not rewrite its row each time. The recorded time can therefore lag the content: of copies
+/// A at 5, A at 9 and B at 7, arriving in that order, B is recorded, though A is newest. Real
+/// streams repeat one copy until a `customer.*` event, whose fields always win.
 fn newer_copy(
     row: &sqlx::postgres::PgRow,
     copy: &Value,
