@@ -60,6 +60,33 @@ pub enum Command {
         /// File of one event JSON per line, or `-`.
         file: String,
     },
+    /// Merge a complete snapshot from Stigg's API into the replica (seed or repair it). Exits
+    /// 0 when the pass completed, 1 when it stopped early (what it wrote stays; nothing was
+    /// pruned), 2 for bad settings.
+    Sync(SyncArgs),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct SyncArgs {
+    /// Continue the last pass from its last completed page if it was interrupted.
+    #[arg(long)]
+    pub resume: bool,
+    /// Do not tombstone the customers Stigg no longer lists.
+    #[arg(long)]
+    pub no_prune: bool,
+    /// Prune even when that is more than --max-prune-percent of the replica's customers.
+    #[arg(long)]
+    pub force: bool,
+    /// Stop before pruning more than this share of the replica's customers (unless --force).
+    #[arg(long, default_value_t = 10.0, value_parser = percent)]
+    pub max_prune_percent: f64,
+}
+
+fn percent(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(p) if (0.0..=100.0).contains(&p) => Ok(p),
+        _ => Err("a percentage from 0 to 100".into()),
+    }
 }
 
 #[derive(Subcommand)]
@@ -128,7 +155,49 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
             command: DlqCommand::Replay { id, all },
         } => dlq_replay(&settings, id.as_deref(), all).await,
         Command::Publish { file } => publish(&settings, &file).await,
+        Command::Sync(args) => sync(&settings, &args).await,
     }
+}
+
+async fn sync(settings: &Settings, args: &SyncArgs) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+
+    let api = crate::sync::api::StiggApi::new(settings.stigg_api()?)?;
+    let concurrency = settings.sync_concurrency as usize;
+    let pool =
+        crate::connect_and_migrate(settings, concurrency as u32 + 2, Duration::from_secs(30))
+            .await?;
+    let opts = crate::sync::Options {
+        resume: args.resume,
+        prune: !args.no_prune,
+        force: args.force,
+        max_prune_percent: args.max_prune_percent,
+        concurrency,
+        progress: if std::io::stderr().is_terminal() {
+            crate::sync::ProgressStyle::Bar
+        } else {
+            crate::sync::ProgressStyle::Log
+        },
+    };
+    let shutdown = CancellationToken::new();
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        crate::shutdown_signal().await;
+        signal.cancel();
+    });
+    let outcome = crate::sync::run_pass(&pool, &api, &opts, &shutdown).await;
+    if !matches!(outcome.result, Err(crate::sync::SyncError::Busy)) {
+        println!("{}", outcome.summary);
+    }
+    pool.close().await;
+    outcome.result.map_err(|e| match e {
+        crate::sync::SyncError::Interrupted => {
+            anyhow::anyhow!("sync interrupted; `stigg-byos sync --resume` continues it")
+        }
+        e @ crate::sync::SyncError::Api(_) => anyhow::Error::new(e)
+            .context("sync stopped early (nothing was pruned; `sync --resume` continues it)"),
+        e => anyhow::Error::new(e).context("sync stopped early (nothing was pruned)"),
+    })
 }
 
 async fn serve_roles(settings: Settings, roles: Roles, migrate: bool) -> anyhow::Result<()> {

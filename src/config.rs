@@ -42,6 +42,38 @@ pub struct Settings {
     )]
     pub stigg_edge_url: String,
 
+    /// Base URL of Stigg's GraphQL API, read by `sync` (`POST {url}/graphql`).
+    #[arg(
+        long,
+        env = "STIGG_API_URL",
+        global = true,
+        default_value = "https://api.stigg.io"
+    )]
+    pub stigg_api_url: String,
+
+    /// Requests a second that `sync` makes to Stigg, across both APIs (the Edge allows 6,000
+    /// a minute per key, shared with everything else using the key). A 429 slows it further.
+    #[arg(long, env = "SYNC_RATE", global = true, default_value_t = 80,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub sync_rate: u32,
+
+    /// Entitlement states `sync` reads at once.
+    #[arg(long, env = "SYNC_CONCURRENCY", global = true, default_value_t = 8,
+          value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub sync_concurrency: u32,
+
+    /// How long `sync` keeps retrying one request (429, 5xx, network errors) before it stops
+    /// the pass early, in seconds.
+    #[arg(long, env = "SYNC_RETRY_SECONDS", global = true, default_value_t = 120,
+          value_parser = clap::value_parser!(u32).range(0..=86_400))]
+    pub sync_retry_seconds: u32,
+
+    /// Run the `sync` pass on this timer inside `run` and `worker` (e.g. `24h`, `90m`); `off`
+    /// (the default) never does. With several replicas on one database, one at a time does it.
+    #[arg(long, env = "SYNC_INTERVAL", global = true, default_value = "off",
+          value_parser = parse_interval)]
+    pub sync_interval: Interval,
+
     /// Address the HTTP server listens on.
     #[arg(long, env = "HTTP_ADDR", global = true, default_value = "0.0.0.0:8080")]
     pub http_addr: SocketAddr,
@@ -82,6 +114,23 @@ pub struct Settings {
     pub log_format: LogFormat,
 }
 
+/// A period that may be off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Interval(pub Option<Duration>);
+
+fn parse_interval(s: &str) -> Result<Interval, String> {
+    let s = s.trim();
+    if s.is_empty() || s.eq_ignore_ascii_case("off") || s == "0" {
+        return Ok(Interval(None));
+    }
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("{e} (give a duration such as 24h or 90m, or off)"))?;
+    if d < Duration::from_secs(60) {
+        return Err("the sync interval must be at least 1m".into());
+    }
+    Ok(Interval(Some(d)))
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -100,6 +149,11 @@ impl std::fmt::Debug for Settings {
                 &redacted(&self.stigg_server_api_key),
             )
             .field("stigg_edge_url", &self.stigg_edge_url)
+            .field("stigg_api_url", &self.stigg_api_url)
+            .field("sync_rate", &self.sync_rate)
+            .field("sync_concurrency", &self.sync_concurrency)
+            .field("sync_retry_seconds", &self.sync_retry_seconds)
+            .field("sync_interval", &self.sync_interval)
             .field("http_addr", &self.http_addr)
             .field("api_tokens", &redacted(&self.api_tokens))
             .field("worker_concurrency", &self.worker_concurrency)
@@ -112,10 +166,13 @@ impl std::fmt::Debug for Settings {
     }
 }
 
+/// A setting that is missing or wrong: the process exits 2, as for a bad flag.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{0} is required (set the variable or pass the flag)")]
     Missing(&'static str),
+    #[error("{0} is not a valid URL: {1}")]
+    BadUrl(&'static str, String),
 }
 
 impl Settings {
@@ -131,6 +188,32 @@ impl Settings {
             .as_deref()
             .filter(|s| !s.is_empty())
             .ok_or(ConfigError::Missing("SQS_QUEUE_URL"))
+    }
+
+    /// What `sync` needs to reach Stigg: the key (required) and valid base URLs.
+    pub fn stigg_api(&self) -> Result<crate::sync::api::ApiConfig, ConfigError> {
+        let key = self
+            .stigg_server_api_key
+            .as_deref()
+            .filter(|s| !s.trim().is_empty())
+            .ok_or(ConfigError::Missing("STIGG_SERVER_API_KEY"))?;
+        for (name, url) in [
+            ("STIGG_API_URL", &self.stigg_api_url),
+            ("STIGG_EDGE_URL", &self.stigg_edge_url),
+        ] {
+            match reqwest::Url::parse(url) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+                Ok(_) => return Err(ConfigError::BadUrl(name, "not http(s)".into())),
+                Err(e) => return Err(ConfigError::BadUrl(name, e.to_string())),
+            }
+        }
+        Ok(crate::sync::api::ApiConfig {
+            api_url: self.stigg_api_url.clone(),
+            edge_url: self.stigg_edge_url.clone(),
+            key: key.to_owned(),
+            rate: self.sync_rate,
+            retry_for: Duration::from_secs(u64::from(self.sync_retry_seconds)),
+        })
     }
 
     /// The bearer tokens; empty means the API is open.

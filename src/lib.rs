@@ -15,6 +15,7 @@ pub mod processor;
 pub mod reads;
 pub mod sqs;
 pub mod store;
+pub mod sync;
 pub mod telemetry;
 pub mod version;
 
@@ -22,6 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use futures::FutureExt;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
@@ -125,6 +127,7 @@ pub async fn run(
             max_receive_count: settings.max_receive_count,
         };
         let sqs = sqs::client(&settings).await;
+        tasks.spawn(sqs::watch_depth(sqs.clone(), cfg.queue_url.clone(), shutdown.clone()).map(Ok));
         let processor = Processor::new(pool.clone()).keep_order(sqs::is_fifo(&cfg.queue_url));
         let consumer = Consumer::new(sqs, processor, cfg, health.clone());
         let shutdown = shutdown.clone();
@@ -132,6 +135,19 @@ pub async fn run(
             consumer.run(shutdown).await;
             Ok::<(), anyhow::Error>(())
         });
+    }
+
+    if let (true, Some(every)) = (roles.worker, settings.sync_interval.0) {
+        let api = sync::api::StiggApi::new(settings.stigg_api()?)?;
+        let opts = sync::Options {
+            resume: false,
+            prune: true,
+            force: false,
+            max_prune_percent: 10.0,
+            concurrency: settings.sync_concurrency as usize,
+            progress: sync::ProgressStyle::Log,
+        };
+        tasks.spawn(sync::every(pool.clone(), api, opts, every, shutdown.clone()).map(Ok));
     }
 
     if roles.http {

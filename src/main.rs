@@ -15,7 +15,14 @@ async fn main() -> std::process::ExitCode {
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            // a missing or wrong setting exits as a bad flag does
+            if e.downcast_ref::<stigg_byos::config::ConfigError>()
+                .is_some()
+            {
+                std::process::ExitCode::from(2)
+            } else {
+                std::process::ExitCode::FAILURE
+            }
         }
     }
 }

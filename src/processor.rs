@@ -85,6 +85,11 @@ impl Processor {
             .into_iter()
             .map(|r| r.expect("one result per event"))
             .collect();
+        for (ev, r) in events.iter().zip(&results) {
+            if let (Ok(Outcome::Applied), Some(at)) = (r, ev.event_time()) {
+                telemetry::applied_event(at);
+            }
+        }
         let per_event = started.elapsed().as_secs_f64() / events.len().max(1) as f64;
         for r in &results {
             telemetry::processed(

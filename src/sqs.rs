@@ -30,6 +30,49 @@ pub async fn client(settings: &Settings) -> aws_sdk_sqs::Client {
     aws_sdk_sqs::Client::new(&loader.load().await)
 }
 
+/// How often the queue's approximate depth is read for `/metrics`.
+pub const DEPTH_EVERY: Duration = Duration::from_secs(15);
+
+/// Reads the queue's approximate depth (visible, in flight, delayed) every [`DEPTH_EVERY`]
+/// until `shutdown`, for `/metrics`. A failed read is logged and skipped.
+pub async fn watch_depth(
+    sqs: aws_sdk_sqs::Client,
+    queue_url: String,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    use aws_sdk_sqs::types::QueueAttributeName as A;
+    let mut tick = tokio::time::interval(DEPTH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        let read = sqs
+            .get_queue_attributes()
+            .queue_url(&queue_url)
+            .attribute_names(A::ApproximateNumberOfMessages)
+            .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
+            .attribute_names(A::ApproximateNumberOfMessagesDelayed)
+            .send()
+            .await;
+        match read {
+            Ok(out) => {
+                let attrs = out.attributes.unwrap_or_default();
+                let get = |k: A| attrs.get(&k).and_then(|v| v.parse::<f64>().ok());
+                crate::telemetry::queue_depth(
+                    get(A::ApproximateNumberOfMessages),
+                    get(A::ApproximateNumberOfMessagesNotVisible),
+                    get(A::ApproximateNumberOfMessagesDelayed),
+                );
+            }
+            Err(e) => {
+                tracing::debug!(error = %aws_sdk_sqs::Error::from(e), "reading the queue depth failed")
+            }
+        }
+    }
+}
+
 /// A queue URL ending in `.fifo` is a FIFO queue (§1).
 pub fn is_fifo(queue_url: &str) -> bool {
     queue_url.trim_end_matches('/').ends_with(".fifo")

@@ -10,6 +10,8 @@ use sqlx::{PgConnection, PgPool, Row};
 use crate::access::{StoredAccess, StoredEntitlement, StoredUsage};
 use crate::events::{Customer, EmbeddedCustomer, Entitlement, EntitlementSet, Subscription};
 
+pub mod sync;
+
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// `''` stands for "no resource" (the customer-level set) in the keys.

@@ -1,6 +1,7 @@
 //! Tracing and metrics, set up in one place. Every counted failure is also logged where it
 //! happens; payloads are never logged (they hold emails).
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -30,14 +31,37 @@ pub fn setup_tracing(format: LogFormat) {
 
 static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
 
+const APPLY_LAG: &str = "stigg_byos_apply_lag_seconds";
+
+/// The newest event time applied by this process, in milliseconds since the epoch (0: none).
+static NEWEST_EVENT_MS: AtomicI64 = AtomicI64::new(0);
+
+/// The metrics as Prometheus text, with the newest event's age brought up to now.
+pub fn render() -> String {
+    let handle = prometheus();
+    let newest = NEWEST_EVENT_MS.load(Ordering::Relaxed);
+    if newest != 0 {
+        let age = (chrono::Utc::now().timestamp_millis() - newest) as f64 / 1000.0;
+        metrics::gauge!("stigg_byos_newest_event_age_seconds").set(age.max(0.0));
+    }
+    handle.render()
+}
+
 /// The process-wide Prometheus recorder, installed on first use.
 pub fn prometheus() -> &'static PrometheusHandle {
     PROMETHEUS.get_or_init(|| {
         let buckets = [
             0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
         ];
+        // event time to commit: from under a second (live) to days (a drained backlog)
+        let lag = [
+            0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 21600.0,
+            86400.0,
+        ];
         let recorder = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)
+            .expect("valid buckets")
+            .set_buckets_for_metric(Matcher::Full(APPLY_LAG.into()), &lag)
             .expect("valid buckets")
             .build_recorder();
         let handle = recorder.handle();
@@ -68,6 +92,92 @@ fn describe() {
         "Access decisions by result"
     );
     metrics::describe_histogram!("stigg_byos_check_access_seconds", "Access decision latency");
+    metrics::describe_histogram!(
+        APPLY_LAG,
+        "Time from an applied event's own time to the commit of its change"
+    );
+    metrics::describe_gauge!(
+        "stigg_byos_newest_event_timestamp_seconds",
+        "Event time of the newest event this process applied (Unix seconds)"
+    );
+    metrics::describe_gauge!(
+        "stigg_byos_newest_event_age_seconds",
+        "Age of the newest event this process applied, at the time of the scrape"
+    );
+    metrics::describe_gauge!(
+        "stigg_byos_queue_messages",
+        "The queue's approximate depth by state (visible, in_flight, delayed), read every 15 s"
+    );
+    metrics::describe_gauge!(
+        "stigg_byos_sync_last_success_timestamp_seconds",
+        "When the last complete sync pass ended (Unix seconds)"
+    );
+    metrics::describe_gauge!(
+        "stigg_byos_sync_last_duration_seconds",
+        "How long the last sync pass took, complete or not"
+    );
+    metrics::describe_counter!(
+        "stigg_byos_sync_passes_total",
+        "Sync passes by result: complete, stopped, busy (another replica held the lock)"
+    );
+    metrics::describe_counter!(
+        "stigg_byos_sync_changed_total",
+        "State a sync pass changed, by kind: customers, subscriptions, entitlement_sets"
+    );
+    metrics::describe_counter!(
+        "stigg_byos_sync_older_total",
+        "Copies a sync pass found older than the replica, by kind"
+    );
+    metrics::describe_counter!(
+        "stigg_byos_sync_pruned_total",
+        "Customers a sync pass made tombstones (kind=customers)"
+    );
+}
+
+/// An event's change committed: its lag, and the newest event time seen.
+pub fn applied_event(at: chrono::DateTime<chrono::Utc>) {
+    let now = chrono::Utc::now();
+    let lag = (now - at).to_std().unwrap_or_default();
+    metrics::histogram!(APPLY_LAG).record(lag.as_secs_f64());
+    let ms = at.timestamp_millis();
+    if NEWEST_EVENT_MS.fetch_max(ms, Ordering::Relaxed) < ms {
+        metrics::gauge!("stigg_byos_newest_event_timestamp_seconds").set(ms as f64 / 1000.0);
+    }
+}
+
+pub fn queue_depth(visible: Option<f64>, in_flight: Option<f64>, delayed: Option<f64>) {
+    for (state, n) in [
+        ("visible", visible),
+        ("in_flight", in_flight),
+        ("delayed", delayed),
+    ] {
+        if let Some(n) = n {
+            metrics::gauge!("stigg_byos_queue_messages", "state" => state).set(n);
+        }
+    }
+}
+
+/// A sync pass ended.
+pub fn sync_pass(summary: &crate::sync::Summary, result: &'static str) {
+    metrics::counter!("stigg_byos_sync_passes_total", "result" => result).increment(1);
+    if result == "busy" {
+        return;
+    }
+    metrics::gauge!("stigg_byos_sync_last_duration_seconds").set(summary.elapsed.as_secs_f64());
+    if result == "complete" {
+        let now = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
+        metrics::gauge!("stigg_byos_sync_last_success_timestamp_seconds").set(now);
+    }
+    let c = &summary.counts;
+    for (kind, k) in [
+        ("customers", c.customers),
+        ("subscriptions", c.subscriptions),
+        ("entitlement_sets", c.sets),
+    ] {
+        metrics::counter!("stigg_byos_sync_changed_total", "kind" => kind).increment(k.changed);
+        metrics::counter!("stigg_byos_sync_older_total", "kind" => kind).increment(k.older);
+    }
+    metrics::counter!("stigg_byos_sync_pruned_total", "kind" => "customers").increment(c.pruned);
 }
 
 pub fn processed(outcome: &'static str, seconds: f64) {

@@ -7,15 +7,13 @@
 
 mod time;
 
-pub use time::parse_time;
+pub use time::{opt_time, parse_time};
 
 use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
-
-use time::opt_time;
 
 /// A parsed message: the envelope fields every event has, and the typed payload.
 #[derive(Debug, Clone)]
@@ -35,6 +33,14 @@ pub struct ParsedEvent {
 }
 
 impl ParsedEvent {
+    /// The event's own time: `timestamp`, else (a set) `entitlementsUpdatedAt`.
+    pub fn event_time(&self) -> Option<DateTime<Utc>> {
+        match &self.event {
+            Event::Entitlements(set) => self.timestamp.or(set.version),
+            _ => self.timestamp,
+        }
+    }
+
     /// The customer this event is about, for logs and the inbox.
     pub fn customer_id(&self) -> Option<&str> {
         match &self.event {
@@ -263,6 +269,28 @@ pub fn parse(body: &[u8]) -> Result<ParsedEvent, ParseError> {
             "event is {}, not a JSON object",
             time::kind(&value)
         )));
+    };
+    parse_object(obj, &hash_source)
+}
+
+/// Parses an event already read as JSON (`sync` builds its copies this way). The
+/// deduplication key falls back to a hash of the compact JSON.
+pub fn parse_value(value: Value) -> Result<ParsedEvent, ParseError> {
+    let Value::Object(obj) = value else {
+        return Err(ParseError::bare(format!(
+            "event is {}, not a JSON object",
+            time::kind(&value)
+        )));
+    };
+    let has_id = |k: &str| {
+        obj.get(k)
+            .and_then(Value::as_str)
+            .is_some_and(|s| !s.is_empty())
+    };
+    let hash_source = if has_id("messageId") || has_id("eventId") {
+        String::new()
+    } else {
+        Value::Object(obj.clone()).to_string()
     };
     parse_object(obj, &hash_source)
 }

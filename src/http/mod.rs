@@ -124,7 +124,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
 async fn metrics() -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        crate::telemetry::prometheus().render(),
+        crate::telemetry::render(),
     )
 }
 
