@@ -242,9 +242,9 @@ impl StiggApi {
             .with_max_delay(Duration::from_secs(20))
             .with_jitter()
             .without_max_times()
-            .with_total_delay(Some(self.cfg.retry_for))
             .build();
         let started = Instant::now();
+        let deadline = started + self.cfg.retry_for;
         let mut tries = 0;
         loop {
             self.pacer.wait().await;
@@ -270,14 +270,20 @@ impl StiggApi {
                 self.throttled.fetch_add(1, Ordering::Relaxed);
                 self.pacer.slow_down();
             }
-            let Some(wait) = backoff.next() else {
+            // the last wait is cut short so the final try comes at the deadline
+            let now = Instant::now();
+            if now >= deadline {
                 return Err(ApiError::GaveUp {
                     what: what.to_owned(),
                     tries,
                     seconds: started.elapsed().as_secs(),
                     last: reason,
                 });
-            };
+            }
+            let wait = backoff
+                .next()
+                .unwrap_or(Duration::from_secs(20))
+                .min(deadline - now);
             tracing::warn!(what, %reason, ?wait, "Stigg request failed; retrying");
             tokio::time::sleep(wait).await;
         }

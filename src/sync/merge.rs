@@ -120,6 +120,7 @@ pub async fn state(
             let deleted = store::delete_customer(conn, customer_id, Some(at)).await?;
             return Ok(StateMerge::Gone(deleted));
         }
+        StateCopy::NoResource => return Ok(StateMerge::Set(Merge::Unchanged)),
         StateCopy::Set { set, usage } => (set, usage),
     };
     let key = store::resource_key(set.resource_id.as_deref());

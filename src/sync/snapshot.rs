@@ -145,6 +145,9 @@ pub struct UsageCopy {
 pub enum StateCopy {
     /// `CustomerNotFound` / `CustomerIsArchived`: the customer is gone.
     Gone(String),
+    /// `CustomerResourceNotFound` for a resource: Stigg holds no set for it, so none is
+    /// written (an empty one would change the access decision's rule 2).
+    NoResource,
     /// The set, versioned by its first `entitlementUpdatedAt` (none for an empty set), and
     /// the usage it carries.
     Set {
@@ -213,7 +216,8 @@ pub fn subscription(
 
 /// An Edge entitlement in the shape `entitlements.updated` carries: `feature.refId` is the
 /// feature id, `featureUnits` its units, `displayName` its name, and `meterType` upper-cased
-/// (`Incremental` → `INCREMENTAL`); every other field keeps its name.
+/// (`Incremental` → `INCREMENTAL`), with `None` (no meter) as null; every other field keeps
+/// its name.
 fn as_event_entitlement(edge: &Value) -> Value {
     let mut e = edge.as_object().cloned().unwrap_or_default();
     if let Some(Value::Object(f)) = e.get("feature") {
@@ -226,6 +230,9 @@ fn as_event_entitlement(edge: &Value) -> Value {
                 other => other,
             };
             let v = match (k, v) {
+                ("meterType", Value::String(m)) if m.trim().eq_ignore_ascii_case("none") => {
+                    Value::Null
+                }
                 ("meterType", Value::String(m)) => Value::String(m.to_ascii_uppercase()),
                 _ => v.clone(),
             };
@@ -251,6 +258,11 @@ pub fn state(
         state.access_denied_reason.as_deref()
     {
         return Ok(StateCopy::Gone(reason.to_owned()));
+    }
+    if resource_id.is_some()
+        && state.access_denied_reason.as_deref() == Some("CustomerResourceNotFound")
+    {
+        return Ok(StateCopy::NoResource);
     }
     let edge = state.entitlements.as_deref().unwrap_or_default();
     let mut version = None;
@@ -370,6 +382,7 @@ mod tests {
         let calls = &set.entitlements[1];
         assert_eq!(calls.feature.id, "feature-calls");
         assert_eq!(calls.feature.meter_type.as_deref(), Some("INCREMENTAL"));
+        assert_eq!(set.entitlements[0].feature.meter_type, None);
         assert_eq!(calls.usage_limit, Some(100.0));
         assert_eq!(set.raw_entitlements[1]["feature"]["units"], "call");
         assert_eq!(
@@ -400,6 +413,11 @@ mod tests {
             let st = edge_state(Value::Null, json!(reason));
             assert!(matches!(state("acme", None, &st).unwrap(), StateCopy::Gone(r) if r == reason));
         }
+        let st = edge_state(json!([]), json!("CustomerResourceNotFound"));
+        assert!(matches!(
+            state("acme", Some("site-9"), &st).unwrap(),
+            StateCopy::NoResource
+        ));
     }
 
     #[test]
