@@ -33,25 +33,50 @@ pub const ALL_STATUSES: [&str; 6] = [
     "PAYMENT_PENDING",
 ];
 
-const CUSTOMERS_QUERY: &str =
-    "query SyncCustomers($paging: CursorPaging, $sorting: [CustomerSort!]) {
-  customers(paging: $paging, sorting: $sorting) {
-    totalCount
-    pageInfo { hasNextPage endCursor }
-    edges { cursor node { customerId name email billingId createdAt updatedAt } }
-  }
-}";
+/// The node fields read from each list.
+const CUSTOMER_FIELDS: &str = "customerId name email billingId createdAt updatedAt";
+const SUBSCRIPTION_FIELDS: &str = "subscriptionId status startDate endDate cancellationDate \
+     trialEndDate billingId customer { customerId } resource { resourceId } plan { refId displayName }";
 
-const SUBSCRIPTIONS_QUERY: &str = "query SyncSubscriptions($paging: CursorPaging, $filter: SubscriptionQueryFilter, $sorting: [SubscriptionQuerySort!]) {
-  subscriptions(paging: $paging, filter: $filter, sorting: $sorting) {
-    totalCount
-    pageInfo { hasNextPage endCursor }
-    edges { cursor node {
-      subscriptionId status startDate endDate cancellationDate trialEndDate billingId
-      customer { customerId } resource { resourceId } plan { refId displayName }
-    } }
-  }
-}";
+/// A list query. The arguments are written into the query as literals, so that no name of
+/// Stigg's input types is assumed, and are also sent as `variables` (which a query that
+/// declares none ignores) for readers of the request.
+fn list_query(root: &str, arguments: &Value, fields: &str) -> String {
+    let literal = graphql_literal(arguments);
+    let inner = literal
+        .strip_prefix('{')
+        .and_then(|l| l.strip_suffix('}'))
+        .unwrap_or_default();
+    format!(
+        "query {{ {root}({inner}) {{ totalCount pageInfo {{ hasNextPage endCursor }} \
+         edges {{ cursor node {{ {fields} }} }} }} }}"
+    )
+}
+
+/// A JSON value as a GraphQL input literal: object keys bare, strings as JSON strings (the
+/// escapes are the same), and the strings of `enums` (sort fields and directions) bare.
+fn graphql_literal(v: &Value) -> String {
+    match v {
+        Value::Object(o) => {
+            let fields: Vec<String> = o
+                .iter()
+                .map(|(k, v)| {
+                    let value = match (k.as_str(), v) {
+                        ("field" | "direction", Value::String(s)) => s.clone(),
+                        _ => graphql_literal(v),
+                    };
+                    format!("{k}: {value}")
+                })
+                .collect();
+            format!("{{{}}}", fields.join(", "))
+        }
+        Value::Array(a) => {
+            let items: Vec<String> = a.iter().map(graphql_literal).collect();
+            format!("[{}]", items.join(", "))
+        }
+        other => other.to_string(),
+    }
+}
 
 /// Why a request to Stigg failed for good.
 #[derive(Debug, thiserror::Error)]
@@ -75,7 +100,12 @@ pub enum ApiError {
 /// What one attempt came to.
 enum Attempt<T> {
     Done(T),
-    Retry { reason: String, throttled: bool },
+    Retry {
+        reason: String,
+        throttled: bool,
+        /// The answer's `Retry-After`, if it gave one (Stigg's 429s do not).
+        after: Option<Duration>,
+    },
     Fail(ApiError),
 }
 
@@ -132,7 +162,11 @@ impl StiggApi {
             "sorting": [{"field": "createdAt", "direction": "ASC"}],
         });
         let (data, _) = self
-            .graphql("customers", CUSTOMERS_QUERY, variables)
+            .graphql(
+                "customers",
+                &list_query("customers", &variables, CUSTOMER_FIELDS),
+                variables,
+            )
             .await?;
         list_of(data, "customers")
     }
@@ -149,7 +183,11 @@ impl StiggApi {
             "sorting": [{"field": "createdAt", "direction": "ASC"}],
         });
         let (data, sent) = self
-            .graphql("subscriptions", SUBSCRIPTIONS_QUERY, variables)
+            .graphql(
+                "subscriptions",
+                &list_query("subscriptions", &variables, SUBSCRIPTION_FIELDS),
+                variables,
+            )
             .await?;
         Ok((list_of(data, "subscriptions")?, sent))
     }
@@ -255,16 +293,21 @@ impl StiggApi {
                 Err(e) => Attempt::Retry {
                     reason: format!("request failed: {}", error_chain(&e)),
                     throttled: false,
+                    after: None,
                 },
                 Ok(response) => self.judge(what, response, &check).await,
             };
-            let (reason, throttled) = match attempt {
+            let (reason, throttled, after) = match attempt {
                 Attempt::Done(t) => {
                     self.pacer.recover();
                     return Ok((t, sent));
                 }
                 Attempt::Fail(e) => return Err(e),
-                Attempt::Retry { reason, throttled } => (reason, throttled),
+                Attempt::Retry {
+                    reason,
+                    throttled,
+                    after,
+                } => (reason, throttled, after),
             };
             if throttled {
                 self.throttled.fetch_add(1, Ordering::Relaxed);
@@ -283,6 +326,7 @@ impl StiggApi {
             let wait = backoff
                 .next()
                 .unwrap_or(Duration::from_secs(20))
+                .max(after.unwrap_or_default())
                 .min(deadline - now);
             tracing::warn!(what, %reason, ?wait, "Stigg request failed; retrying");
             tokio::time::sleep(wait).await;
@@ -296,7 +340,17 @@ impl StiggApi {
         check: &impl Fn(Value) -> Result<T, (String, Verdict)>,
     ) -> Attempt<T> {
         let status = response.status();
-        let retry = |reason: String, throttled| Attempt::Retry { reason, throttled };
+        let after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let retry = |reason: String, throttled| Attempt::Retry {
+            reason,
+            throttled,
+            after,
+        };
         match status.as_u16() {
             401 | 403 => {
                 return Attempt::Fail(ApiError::BadKey {
@@ -466,6 +520,31 @@ impl Pacer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn list_arguments_are_written_as_graphql_literals() {
+        let args = json!({
+            "paging": {"first": 100, "after": "a\"b"},
+            "filter": {"status": {"in": ["ACTIVE", "IN_TRIAL"]}},
+            "sorting": [{"field": "createdAt", "direction": "ASC"}],
+        });
+        let q = list_query("subscriptions", &args, "subscriptionId");
+        assert_eq!(
+            q,
+            "query { subscriptions(filter: {status: {in: [\"ACTIVE\", \"IN_TRIAL\"]}}, \
+             paging: {after: \"a\\\"b\", first: 100}, sorting: [{direction: ASC, field: createdAt}]) \
+             { totalCount pageInfo { hasNextPage endCursor } edges { cursor node { subscriptionId } } } }"
+        );
+        let first = list_query(
+            "customers",
+            &json!({"paging": {"first": 100, "after": null}}),
+            "x",
+        );
+        assert!(
+            first.contains("customers(paging: {after: null, first: 100})"),
+            "{first}"
+        );
+    }
 
     #[test]
     fn graphql_errors_are_errors_even_with_data() {
