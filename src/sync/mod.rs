@@ -327,7 +327,9 @@ impl Pass<'_> {
         loop {
             let page = self.api.customers(cursor.as_deref()).await?;
             let next = next_cursor(&page.page_info, cursor.as_deref(), "customers")?;
-            let copies: Vec<_> = page
+            // written in customer order, the order the worker locks customers in, so that a
+            // page and a concurrent batch of events cannot deadlock
+            let mut copies: Vec<_> = page
                 .edges
                 .iter()
                 .filter_map(|e| match snapshot::customer(&e.node) {
@@ -339,6 +341,7 @@ impl Pass<'_> {
                     }
                 })
                 .collect();
+            copies.sort_by(|a, b| a.customer.id.cmp(&b.customer.id));
             let ids: Vec<String> = page
                 .edges
                 .iter()
@@ -393,7 +396,7 @@ impl Pass<'_> {
         loop {
             let (page, read_at) = self.api.subscriptions(cursor.as_deref()).await?;
             let next = next_cursor(&page.page_info, cursor.as_deref(), "subscriptions")?;
-            let copies: Vec<_> = page
+            let mut copies: Vec<_> = page
                 .edges
                 .iter()
                 .filter_map(|e| match snapshot::subscription(&e.node, read_at) {
@@ -405,6 +408,7 @@ impl Pass<'_> {
                     }
                 })
                 .collect();
+            copies.sort_by(|a, b| a.subscription.customer.id.cmp(&b.subscription.customer.id));
             let (customers, resources): (Vec<String>, Vec<String>) = copies
                 .iter()
                 .filter_map(|c| {
