@@ -6,4 +6,6 @@ mod consumer;
 mod faults;
 mod graphql;
 mod http;
+mod stigg_fake;
 mod support;
+mod sync;
