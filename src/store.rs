@@ -378,7 +378,7 @@ pub async fn replace_entitlements(
     .fetch_optional(&mut *conn)
     .await?;
     let Some(row) = row else { return Ok(false) };
-    let inserted: bool = row.get(0);
+    let inserted: bool = row.try_get(0)?;
     if !inserted {
         sqlx::query("DELETE FROM entitlements WHERE customer_id = $1 AND resource_key = $2")
             .bind(&set.customer.id)
