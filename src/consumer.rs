@@ -83,11 +83,14 @@ impl Consumer {
     /// Runs until `shutdown`; then stops receiving, lets in-flight work finish within the
     /// visibility timeout, and makes whatever is left visible again. One receive loop per ten
     /// permits, so that receiving keeps up with WORKER_CONCURRENCY, each receiving a full share
-    /// (at most 10) at a time.
-    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+    /// (at most 10) at a time. A receive loop that panics stops the consumer the same way, and
+    /// the consumer then fails: it must not look alive while it receives nothing.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) -> Result<(), PollerDied> {
         let permits = Arc::new(Semaphore::new(self.cfg.concurrency));
         let tasks = TaskTracker::new();
         let hard_stop = CancellationToken::new();
+        // shutdown, or a receive loop that died
+        let stop = shutdown.child_token();
         let pollers = self.cfg.concurrency.div_ceil(10).max(1);
         let share = self.cfg.concurrency.div_ceil(pollers).min(10) as u32;
         self.health.set_consumer_running(true);
@@ -99,12 +102,12 @@ impl Consumer {
             let ctx = (
                 permits.clone(),
                 tasks.clone(),
-                shutdown.clone(),
+                stop.clone(),
                 hard_stop.clone(),
             );
             loops.spawn(async move { this.poll(share, ctx.0, ctx.1, ctx.2, ctx.3).await });
         }
-        while loops.join_next().await.is_some() {}
+        let ended = supervise(loops, &stop).await;
         info!(
             in_flight = tasks.len(),
             "shutting down: receiving stopped, draining"
@@ -120,6 +123,7 @@ impl Consumer {
         }
         self.health.set_consumer_running(false);
         info!("consumer stopped");
+        ended
     }
 
     /// One receive loop: take permits, receive, hand the batch to a task, until shutdown.
@@ -497,6 +501,41 @@ impl Consumer {
     }
 }
 
+/// A receive loop panicked: the consumer stopped, since it would otherwise run on receiving
+/// less, or nothing at all, while the process looks alive.
+#[derive(Debug, thiserror::Error)]
+#[error("a receive loop panicked: {0}")]
+pub struct PollerDied(String);
+
+/// Waits for the receive loops to end. One that panics is logged with why, and stops the
+/// others (through `stop`) and the consumer with an error.
+async fn supervise(
+    mut loops: tokio::task::JoinSet<()>,
+    stop: &CancellationToken,
+) -> Result<(), PollerDied> {
+    let mut died = None;
+    while let Some(ended) = loops.join_next().await {
+        let Err(e) = ended else { continue };
+        let why = panic_message(e);
+        error!(reason = %why, "a receive loop panicked; stopping the consumer");
+        stop.cancel();
+        died.get_or_insert(PollerDied(why));
+    }
+    died.map_or(Ok(()), Err)
+}
+
+/// What a task that ended abnormally said.
+fn panic_message(e: tokio::task::JoinError) -> String {
+    match e.try_into_panic() {
+        Ok(panic) => panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".into()),
+        Err(e) => e.to_string(),
+    }
+}
+
 async fn change_visibility(
     sqs: &aws_sdk_sqs::Client,
     queue: &str,
@@ -565,4 +604,35 @@ fn truncate(s: &str, max: usize) -> String {
         end -= 1;
     }
     s[..end].to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_receive_loop_that_panics_stops_the_others_and_fails_the_consumer() {
+        let stop = CancellationToken::new();
+        let mut loops = tokio::task::JoinSet::new();
+        let stopped = stop.clone();
+        loops.spawn(async move { stopped.cancelled().await });
+        loops.spawn(async { panic!("receive loop bug") });
+        let ended = tokio::time::timeout(Duration::from_secs(5), supervise(loops, &stop))
+            .await
+            .expect("the other loop was stopped");
+        let died = ended.expect_err("the consumer failed");
+        assert!(died.to_string().contains("receive loop bug"), "{died}");
+    }
+
+    #[tokio::test]
+    async fn receive_loops_that_end_on_shutdown_are_a_clean_stop() {
+        let stop = CancellationToken::new();
+        let mut loops = tokio::task::JoinSet::new();
+        for _ in 0..3 {
+            let stopped = stop.clone();
+            loops.spawn(async move { stopped.cancelled().await });
+        }
+        stop.cancel();
+        assert!(supervise(loops, &stop).await.is_ok());
+    }
 }

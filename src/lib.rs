@@ -128,10 +128,7 @@ pub async fn run(
         let processor = Processor::new(pool.clone()).keep_order(sqs::is_fifo(&cfg.queue_url));
         let consumer = Consumer::new(sqs, processor, cfg, health.clone());
         let shutdown = shutdown.clone();
-        tasks.spawn(async move {
-            consumer.run(shutdown).await;
-            Ok::<(), anyhow::Error>(())
-        });
+        tasks.spawn(async move { consumer.run(shutdown).await.map_err(anyhow::Error::from) });
     }
 
     if roles.http {
