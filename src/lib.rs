@@ -13,6 +13,7 @@ pub mod health;
 pub mod http;
 pub mod processor;
 pub mod reads;
+pub mod retention;
 pub mod sqs;
 pub mod store;
 pub mod telemetry;
@@ -127,6 +128,11 @@ pub async fn run(
         let sqs = sqs::client(&settings).await;
         let processor = Processor::new(pool.clone()).keep_order(sqs::is_fifo(&cfg.queue_url));
         let consumer = Consumer::new(sqs, processor, cfg, health.clone());
+        let prune = retention::run(pool.clone(), settings.inbox_retention, shutdown.clone());
+        tasks.spawn(async move {
+            prune.await;
+            Ok(())
+        });
         let shutdown = shutdown.clone();
         tasks.spawn(async move { consumer.run(shutdown).await.map_err(anyhow::Error::from) });
     }
