@@ -15,6 +15,49 @@ pub struct AccessRequest {
     pub requested_values: Option<Vec<String>>,
 }
 
+/// Whether an id can be stored at all: PostgreSQL refuses text holding a NUL character, so
+/// nothing has such an id, and it is not sent to the database (which would fail the query).
+pub fn storable(id: &str) -> bool {
+    !id.contains('\0')
+}
+
+/// The keys a request is looked up by: a customer whose id cannot be stored is no customer
+/// ([`Lookup::of`] is `None`), a feature no entitlement, a resource no entitlement set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lookup<'a> {
+    pub customer: &'a str,
+    pub resource: Option<&'a str>,
+    /// `""` (no feature) when the asked one cannot be stored.
+    pub feature: &'a str,
+    resource_unstorable: bool,
+}
+
+impl<'a> Lookup<'a> {
+    pub fn of(request: &'a AccessRequest) -> Option<Self> {
+        if !storable(&request.customer_id) {
+            return None;
+        }
+        let resource = request.resource_id.as_deref();
+        let resource_unstorable = resource.is_some_and(|r| !storable(r));
+        Some(Self {
+            customer: &request.customer_id,
+            resource: resource.filter(|_| !resource_unstorable),
+            feature: Some(request.feature_id.as_str())
+                .filter(|f| storable(f))
+                .unwrap_or(""),
+            resource_unstorable,
+        })
+    }
+
+    /// What was loaded for these keys, as the request sees it.
+    pub fn seen(&self, mut stored: StoredAccess) -> StoredAccess {
+        if self.resource_unstorable {
+            stored.resource_set_exists = false;
+        }
+        stored
+    }
+}
+
 /// Everything the decision needs, loaded in one query. `None` customer means unknown or
 /// deleted.
 #[derive(Debug, Clone, Default, PartialEq)]

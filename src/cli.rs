@@ -475,7 +475,7 @@ async fn publish(settings: &Settings, file: &str) -> anyhow::Result<()> {
                         .unwrap_or_else(|| hex::encode(Sha256::digest(body.as_bytes())));
                     entry = entry
                         .message_group_id(group)
-                        .message_deduplication_id(&dedup[..dedup.len().min(128)]);
+                        .message_deduplication_id(crate::sqs::dedup_id(&dedup));
                 }
                 entry.build().context("building a message")
             })

@@ -109,6 +109,13 @@ pub struct Settings {
           value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub max_receive_count: u32,
 
+    /// How long a processed message's id is kept to recognise a redelivery, in days (`15d`)
+    /// or hours (`360h`); older ones are deleted in the background by the worker. Keep it
+    /// above the 14 days SQS may keep a message.
+    #[arg(long, env = "INBOX_RETENTION", global = true, default_value = "15d",
+          value_parser = parse_retention)]
+    pub inbox_retention: Duration,
+
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -161,6 +168,7 @@ impl std::fmt::Debug for Settings {
             .field("sqs_wait_seconds", &self.sqs_wait_seconds)
             .field("sqs_visibility_timeout", &self.sqs_visibility_timeout)
             .field("max_receive_count", &self.max_receive_count)
+            .field("inbox_retention", &self.inbox_retention)
             .field("log_format", &self.log_format)
             .finish()
     }
@@ -255,6 +263,13 @@ impl Settings {
                 self.sqs_visibility_timeout
             ));
         }
+        if self.inbox_retention < Duration::from_secs(14 * 24 * 3600) {
+            w.push(format!(
+                "INBOX_RETENTION={} h is shorter than the 14 days SQS may keep a message: a \
+                 message redelivered later would be applied again",
+                self.inbox_retention.as_secs() / 3600
+            ));
+        }
         if self.sqs_dlq_url.as_deref() == self.sqs_queue_url.as_deref()
             && self.sqs_dlq_url.is_some()
         {
@@ -262,6 +277,22 @@ impl Settings {
         }
         w
     }
+}
+
+/// `INBOX_RETENTION`: a whole number of days (`15d`) or hours (`360h`), 1 hour to 3650 days.
+fn parse_retention(s: &str) -> Result<Duration, String> {
+    let (number, hours) = match (s.strip_suffix('d'), s.strip_suffix('h')) {
+        (Some(days), _) => (days, 24),
+        (_, Some(hours)) => (hours, 1),
+        _ => return Err("give days or hours, like 15d or 360h".into()),
+    };
+    let hours = number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(hours))
+        .filter(|h| (1..=3650 * 24).contains(h))
+        .ok_or("give from 1h to 3650d, like 15d or 360h")?;
+    Ok(Duration::from_secs(hours * 3600))
 }
 
 #[cfg(test)]
@@ -281,5 +312,17 @@ mod tests {
         assert_eq!(settings(&[]).read_connections(), (2 * cpus).clamp(4, 32));
         assert_eq!(settings(&["--read-connections", "1"]).read_connections(), 1);
         assert!(Cli::try_parse_from(["stigg-byos", "--read-connections", "0"]).is_err());
+    }
+
+    #[test]
+    fn inbox_retention_is_days_or_hours_fifteen_days_by_default() {
+        let days = |args: &[&str]| settings(args).inbox_retention.as_secs() / 86_400;
+        assert_eq!(days(&[]), 15);
+        assert_eq!(days(&["--inbox-retention", "30d"]), 30);
+        assert_eq!(days(&["--inbox-retention", "360h"]), 15);
+        for wrong in ["15", "0d", "0h", "-1d", "1.5d", "d", "3651d", "15 d", "2w"] {
+            let argv = ["stigg-byos", "--inbox-retention", wrong];
+            assert!(Cli::try_parse_from(argv).is_err(), "{wrong}");
+        }
     }
 }

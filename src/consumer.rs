@@ -83,11 +83,14 @@ impl Consumer {
     /// Runs until `shutdown`; then stops receiving, lets in-flight work finish within the
     /// visibility timeout, and makes whatever is left visible again. One receive loop per ten
     /// permits, so that receiving keeps up with WORKER_CONCURRENCY, each receiving a full share
-    /// (at most 10) at a time.
-    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+    /// (at most 10) at a time. A receive loop that panics stops the consumer the same way, and
+    /// the consumer then fails: it must not look alive while it receives nothing.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) -> Result<(), PollerDied> {
         let permits = Arc::new(Semaphore::new(self.cfg.concurrency));
         let tasks = TaskTracker::new();
         let hard_stop = CancellationToken::new();
+        // shutdown, or a receive loop that died
+        let stop = shutdown.child_token();
         let pollers = self.cfg.concurrency.div_ceil(10).max(1);
         let share = self.cfg.concurrency.div_ceil(pollers).min(10) as u32;
         self.health.set_consumer_running(true);
@@ -99,12 +102,12 @@ impl Consumer {
             let ctx = (
                 permits.clone(),
                 tasks.clone(),
-                shutdown.clone(),
+                stop.clone(),
                 hard_stop.clone(),
             );
             loops.spawn(async move { this.poll(share, ctx.0, ctx.1, ctx.2, ctx.3).await });
         }
-        while loops.join_next().await.is_some() {}
+        let ended = supervise(loops, &stop).await;
         info!(
             in_flight = tasks.len(),
             "shutting down: receiving stopped, draining"
@@ -120,6 +123,7 @@ impl Consumer {
         }
         self.health.set_consumer_running(false);
         info!("consumer stopped");
+        ended
     }
 
     /// One receive loop: take permits, receive, hand the batch to a task, until shutdown.
@@ -223,16 +227,30 @@ impl Consumer {
     ) {
         let handles: Vec<(String, String)> = messages.iter().map(handle_of).collect();
         let heartbeat = self.heartbeat(handles.clone());
-        tokio::select! {
-            _ = self.handle_batch_inner(messages, shutdown) => {}
-            _ = hard_stop.cancelled() => {
-                self.change_visibility(&handles, 0).await;
+        let settled = tokio::select! {
+            s = self.handle_batch_inner(messages, shutdown) => s,
+            _ = hard_stop.cancelled() => None,
+        };
+        // before the release (an extension after it would undo its delay) and the delete
+        heartbeat.stop().await;
+        match settled {
+            Some(Settled { release, delete }) => {
+                for (m, delay) in &release {
+                    self.change_visibility(&[handle_of(m)], *delay).await;
+                }
+                self.delete(&delete).await;
             }
+            None => self.change_visibility(&handles, 0).await,
         }
-        heartbeat.abort();
     }
 
-    async fn handle_batch_inner(&self, messages: Vec<Message>, shutdown: &CancellationToken) {
+    /// Parses, applies and dead-letters a batch; says what to release and delete. `None` when
+    /// the work was cut short by shutdown: every message goes back.
+    async fn handle_batch_inner(
+        &self,
+        messages: Vec<Message>,
+        shutdown: &CancellationToken,
+    ) -> Option<Settled> {
         let max = self.cfg.max_receive_count;
         let mut parsed: Vec<(Message, ParsedEvent)> = Vec::with_capacity(messages.len());
         let mut dead: Vec<(Message, DeadLetter)> = Vec::new();
@@ -273,17 +291,8 @@ impl Consumer {
         let mut release: Vec<(Message, i32)> = Vec::new();
         if !parsed.is_empty() {
             let events: Vec<&ParsedEvent> = parsed.iter().map(|(_, e)| e).collect();
-            let Some(results) = self.process_with_retry(&events, shutdown).await else {
-                // shutting down with the database unreachable: hand everything back now
-                let all: Vec<(String, String)> = parsed
-                    .iter()
-                    .map(|(m, _)| m)
-                    .chain(dead.iter().map(|(m, _)| m))
-                    .map(handle_of)
-                    .collect();
-                self.change_visibility(&all, 0).await;
-                return;
-            };
+            // None: shutting down with the database unreachable, hand everything back now
+            let results = self.process_with_retry(&events, shutdown).await?;
             for ((m, ev), result) in parsed.into_iter().zip(results) {
                 let span = info_span!("event", message_id = %ev.dedup_key,
                     event_type = %ev.event_type, customer_id = ev.customer_id().unwrap_or("-"));
@@ -319,10 +328,10 @@ impl Consumer {
                 release.push((m, 0));
             }
         }
-        for (m, delay) in &release {
-            self.change_visibility(&[handle_of(m)], *delay).await;
-        }
-        self.delete(&to_delete).await;
+        Some(Settled {
+            release,
+            delete: to_delete,
+        })
     }
 
     /// Applies the batch, retrying transient failures for as long as it takes (holding the
@@ -421,23 +430,19 @@ impl Consumer {
         true
     }
 
-    fn heartbeat(&self, handles: Vec<(String, String)>) -> tokio::task::JoinHandle<()> {
+    fn heartbeat(&self, handles: Vec<(String, String)>) -> Heartbeat {
         let sqs = self.sqs.clone();
         let queue = self.cfg.queue_url.clone();
         let visibility = self.cfg.visibility;
         let every = (visibility / 3).max(Duration::from_secs(1));
-        tokio::spawn(
+        let handles = Arc::new(handles);
+        Heartbeat::start(every, move || {
+            let (sqs, queue, handles) = (sqs.clone(), queue.clone(), handles.clone());
             async move {
-                let mut ticker = tokio::time::interval(every);
-                ticker.tick().await;
-                loop {
-                    ticker.tick().await;
-                    debug!(messages = handles.len(), "extending visibility");
-                    change_visibility(&sqs, &queue, &handles, visibility.as_secs() as i32).await;
-                }
+                debug!(messages = handles.len(), "extending visibility");
+                change_visibility(&sqs, &queue, &handles, visibility.as_secs() as i32).await;
             }
-            .in_current_span(),
-        )
+        })
     }
 
     async fn change_visibility(&self, handles: &[(String, String)], seconds: i32) {
@@ -493,6 +498,101 @@ impl Consumer {
                 }
                 tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
             }
+        }
+    }
+}
+
+/// A receive loop panicked: the consumer stopped, since it would otherwise run on receiving
+/// less, or nothing at all, while the process looks alive.
+#[derive(Debug, thiserror::Error)]
+#[error("a receive loop panicked: {0}")]
+pub struct PollerDied(String);
+
+/// Waits for the receive loops to end. One that panics is logged with why, and stops the
+/// others (through `stop`) and the consumer with an error.
+async fn supervise(
+    mut loops: tokio::task::JoinSet<()>,
+    stop: &CancellationToken,
+) -> Result<(), PollerDied> {
+    let mut died = None;
+    while let Some(ended) = loops.join_next().await {
+        let Err(e) = ended else { continue };
+        let why = panic_message(e);
+        error!(reason = %why, "a receive loop panicked; stopping the consumer");
+        stop.cancel();
+        died.get_or_insert(PollerDied(why));
+    }
+    died.map_or(Ok(()), Err)
+}
+
+/// What a task that ended abnormally said.
+fn panic_message(e: tokio::task::JoinError) -> String {
+    match e.try_into_panic() {
+        Ok(panic) => panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".into()),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// What becomes of a batch's messages once its work is done.
+struct Settled {
+    /// Offered again after a delay, in seconds.
+    release: Vec<(Message, i32)>,
+    delete: Vec<Message>,
+}
+
+/// Keeps a batch's messages invisible while its work runs, extending their visibility every
+/// `every`. It ends with its batch: [`Heartbeat::stop`] waits for an extension under way, so
+/// that none lands after what follows, and dropping it (a batch that panicked) aborts it.
+struct Heartbeat {
+    stop: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Heartbeat {
+    fn start<F, Fut>(every: Duration, mut extend: F) -> Self
+    where
+        F: FnMut() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
+        let stop = CancellationToken::new();
+        let stopped = stop.clone();
+        let task = tokio::spawn(
+            async move {
+                let mut ticker = tokio::time::interval(every);
+                ticker.tick().await;
+                loop {
+                    tokio::select! {
+                        biased;
+                        _ = stopped.cancelled() => break,
+                        _ = ticker.tick() => extend().await,
+                    }
+                }
+            }
+            .in_current_span(),
+        );
+        Self {
+            stop,
+            task: Some(task),
+        }
+    }
+
+    /// Ends it once the extension under way, if any, is done.
+    async fn stop(mut self) {
+        self.stop.cancel();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
         }
     }
 }
@@ -565,4 +665,99 @@ fn truncate(s: &str, max: usize) -> String {
         end -= 1;
     }
     s[..end].to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_receive_loop_that_panics_stops_the_others_and_fails_the_consumer() {
+        let stop = CancellationToken::new();
+        let mut loops = tokio::task::JoinSet::new();
+        let stopped = stop.clone();
+        loops.spawn(async move { stopped.cancelled().await });
+        loops.spawn(async { panic!("receive loop bug") });
+        let ended = tokio::time::timeout(Duration::from_secs(5), supervise(loops, &stop))
+            .await
+            .expect("the other loop was stopped");
+        let died = ended.expect_err("the consumer failed");
+        assert!(died.to_string().contains("receive loop bug"), "{died}");
+    }
+
+    #[tokio::test]
+    async fn receive_loops_that_end_on_shutdown_are_a_clean_stop() {
+        let stop = CancellationToken::new();
+        let mut loops = tokio::task::JoinSet::new();
+        for _ in 0..3 {
+            let stopped = stop.clone();
+            loops.spawn(async move { stopped.cancelled().await });
+        }
+        stop.cancel();
+        assert!(supervise(loops, &stop).await.is_ok());
+    }
+
+    /// A heartbeat counting its extensions, each taking `takes`: (started, finished).
+    fn counting(every: Duration, takes: Duration) -> (Heartbeat, Arc<[AtomicUsize; 2]>) {
+        let counts = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
+        let c = counts.clone();
+        let heartbeat = Heartbeat::start(every, move || {
+            let c = c.clone();
+            async move {
+                c[0].fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(takes).await;
+                c[1].fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        (heartbeat, counts)
+    }
+
+    fn counts_started(counts: &[AtomicUsize; 2]) -> usize {
+        counts[0].load(Ordering::SeqCst)
+    }
+
+    #[tokio::test]
+    async fn a_heartbeat_ends_with_a_batch_that_panics() {
+        let (heartbeat, counts) = counting(Duration::from_millis(10), Duration::ZERO);
+        let seen = counts.clone();
+        let batch = tokio::spawn(async move {
+            let _heartbeat = heartbeat;
+            while counts_started(&seen) < 2 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            panic!("batch handling bug");
+        });
+        assert!(batch.await.unwrap_err().is_panic());
+        let after = counts_started(&counts);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            counts_started(&counts),
+            after,
+            "the heartbeat outlived its batch"
+        );
+    }
+
+    #[tokio::test]
+    async fn stopping_a_heartbeat_waits_for_the_extension_under_way() {
+        let (heartbeat, counts) = counting(Duration::from_millis(10), Duration::from_millis(100));
+        while counts_started(&counts) == 0 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        heartbeat.stop().await;
+        let started = counts_started(&counts);
+        assert_eq!(
+            counts[1].load(Ordering::SeqCst),
+            started,
+            "an extension was cut short"
+        );
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert_eq!(counts_started(&counts), started, "extended after the stop");
+        assert_eq!(
+            counts[1].load(Ordering::SeqCst),
+            started,
+            "extended after the stop"
+        );
+    }
 }

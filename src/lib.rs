@@ -13,6 +13,7 @@ pub mod health;
 pub mod http;
 pub mod processor;
 pub mod reads;
+pub mod retention;
 pub mod sqs;
 pub mod store;
 pub mod sync;
@@ -130,11 +131,13 @@ pub async fn run(
         tasks.spawn(sqs::watch_depth(sqs.clone(), cfg.queue_url.clone(), shutdown.clone()).map(Ok));
         let processor = Processor::new(pool.clone()).keep_order(sqs::is_fifo(&cfg.queue_url));
         let consumer = Consumer::new(sqs, processor, cfg, health.clone());
-        let shutdown = shutdown.clone();
+        let prune = retention::run(pool.clone(), settings.inbox_retention, shutdown.clone());
         tasks.spawn(async move {
-            consumer.run(shutdown).await;
-            Ok::<(), anyhow::Error>(())
+            prune.await;
+            Ok(())
         });
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move { consumer.run(shutdown).await.map_err(anyhow::Error::from) });
     }
 
     if let (true, Some(every)) = (roles.worker, settings.sync_interval.0) {

@@ -1,6 +1,7 @@
 //! The SQS client: standard AWS configuration (region, endpoint, credentials chain), or
 //! short-lived queue credentials from Stigg's Edge API when a server API key is set (§1).
 
+use std::borrow::Cow;
 use std::time::{Duration, SystemTime};
 
 use aws_config::{BehaviorVersion, Region};
@@ -8,6 +9,7 @@ use aws_credential_types::provider::{self, error::CredentialsError, future, Prov
 use aws_credential_types::Credentials;
 use backon::{ExponentialBuilder, Retryable};
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 
 use crate::config::Settings;
 
@@ -76,6 +78,18 @@ pub async fn watch_depth(
 /// A queue URL ending in `.fifo` is a FIFO queue (§1).
 pub fn is_fifo(queue_url: &str) -> bool {
     queue_url.trim_end_matches('/').ends_with(".fifo")
+}
+
+/// The `MessageDeduplicationId` of a message sent to a FIFO queue: its deduplication key when
+/// SQS takes it as one (1 to 128 printable ASCII characters), else the key's SHA-256 in hex.
+/// Cutting the key at 128 bytes could fall inside a character (a panic) and would give keys
+/// sharing their first 128 bytes one id (SQS would drop all but the first).
+pub fn dedup_id(key: &str) -> Cow<'_, str> {
+    if (1..=128).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic()) {
+        Cow::Borrowed(key)
+    } else {
+        Cow::Owned(hex::encode(Sha256::digest(key.as_bytes())))
+    }
 }
 
 /// `https://sqs.eu-west-1.amazonaws.com/123/q` → `eu-west-1`.
@@ -219,5 +233,20 @@ mod tests {
             region_from_queue_url("http://127.0.0.1:4566/000000000000/q"),
             None
         );
+    }
+
+    #[test]
+    fn dedup_ids_are_what_sqs_accepts_for_any_key() {
+        let accepted =
+            |id: &str| (1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_graphic());
+        assert_eq!(dedup_id("msg-1:a/b"), "msg-1:a/b");
+        let long_multi_byte = format!("k{}", "é".repeat(100)); // byte 128 inside a 'é'
+        let long_ascii = "k".repeat(200);
+        for key in [long_multi_byte.as_str(), &long_ascii, "é", "a b", ""] {
+            let id = dedup_id(key);
+            assert!(accepted(&id), "{key:?} gave {id:?}");
+        }
+        // distinct keys keep distinct ids, even when they share their first 128 bytes
+        assert_ne!(dedup_id(&long_ascii), dedup_id(&"k".repeat(201)));
     }
 }

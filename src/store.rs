@@ -48,6 +48,25 @@ pub async fn claim(
     Ok(done.rows_affected() == 1)
 }
 
+/// Deletes at most `limit` claims made before `before`; how many went. Rows another
+/// process is deleting are skipped, not waited for.
+pub async fn delete_inbox_claims_before(
+    pool: &PgPool,
+    before: DateTime<Utc>,
+    limit: i64,
+) -> sqlx::Result<u64> {
+    let done = sqlx::query(
+        "DELETE FROM inbox WHERE message_id IN (
+             SELECT message_id FROM inbox WHERE processed_at < $1
+             LIMIT $2 FOR UPDATE SKIP LOCKED)",
+    )
+    .bind(before)
+    .bind(limit)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}
+
 pub async fn set_outcome(conn: &mut PgConnection, key: &str, outcome: &str) -> sqlx::Result<()> {
     sqlx::query("UPDATE inbox SET outcome = $2 WHERE message_id = $1")
         .bind(key)
@@ -380,7 +399,7 @@ pub async fn replace_entitlements(
     .fetch_optional(&mut *conn)
     .await?;
     let Some(row) = row else { return Ok(false) };
-    let inserted: bool = row.get(0);
+    let inserted: bool = row.try_get(0)?;
     if !inserted {
         sqlx::query("DELETE FROM entitlements WHERE customer_id = $1 AND resource_key = $2")
             .bind(&set.customer.id)

@@ -10,7 +10,8 @@ use sqlx::PgPool;
 use super::error::Internal;
 use super::scalars::Datetime;
 use crate::access::{
-    decide, is_metered, AccessRequest, Decision, StoredAccess, StoredEntitlement, StoredUsage,
+    decide, is_metered, AccessRequest, Decision, Lookup, StoredAccess, StoredEntitlement,
+    StoredUsage,
 };
 use crate::store;
 
@@ -183,15 +184,20 @@ pub async fn access(
         Some(f) if f < 0.0 => return Err("requestedUsage must not be negative".into()),
         Some(f) => f,
     };
-    let stored = store::load_access(pool, customer_id, resource_id.as_deref(), &feature_id)
-        .await
-        .map_err(Internal::from)?;
     let request = AccessRequest {
         customer_id: customer_id.to_string(),
         feature_id,
         resource_id,
         requested_usage,
         requested_values,
+    };
+    let stored = match Lookup::of(&request) {
+        None => StoredAccess::default(),
+        Some(lookup) => lookup.seen(
+            store::load_access(pool, lookup.customer, lookup.resource, lookup.feature)
+                .await
+                .map_err(Internal::from)?,
+        ),
     };
     Ok(decide(&request, &stored, Utc::now()).into())
 }

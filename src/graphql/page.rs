@@ -367,6 +367,12 @@ fn push_value(qb: &mut QueryBuilder<'_, Postgres>, v: &Value) {
 }
 
 fn push_eq(qb: &mut QueryBuilder<'_, Postgres>, col: &Column, v: &Value) {
+    if let Value::Text(Some(s)) = v {
+        if !crate::access::storable(s) {
+            qb.push("FALSE"); // nothing holds it, and PostgreSQL would refuse it
+            return;
+        }
+    }
     qb.push("t.").push(col.sql);
     if v.is_null() {
         qb.push(" IS NULL");

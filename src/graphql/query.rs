@@ -13,6 +13,7 @@ use super::scalars::Cursor;
 use super::subscriptions::{
     self, Subscription, SubscriptionCondition, SubscriptionsConnection, SubscriptionsOrderBy,
 };
+use crate::access::storable;
 
 /// The root query type which gives access points into the data universe.
 pub struct Query;
@@ -132,6 +133,9 @@ impl Query {
     }
 
     async fn customer(&self, ctx: &Context<'_>, customer_id: String) -> Option<Customer> {
+        if !storable(&customer_id) {
+            return None; // no such customer, as /check-access answers
+        }
         let reads = &Db::of(ctx).reads;
         // with its subscriptions in the same round trip when they are asked for
         let result = if ctx.look_ahead().field("subscriptions").exists() {
@@ -147,6 +151,9 @@ impl Query {
         ctx: &Context<'_>,
         subscription_id: String,
     ) -> Option<Subscription> {
+        if !storable(&subscription_id) {
+            return None;
+        }
         let result = subscriptions::by_id(&Db::of(ctx).reads, &subscription_id).await;
         or_null(ctx, result.map_err(Into::into))
     }

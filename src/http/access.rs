@@ -11,7 +11,7 @@ use axum::Json;
 use serde_json::Value;
 
 use super::{ApiError, AppState};
-use crate::access::{decide, AccessRequest, StoredAccess};
+use crate::access::{decide, AccessRequest, Lookup, StoredAccess};
 use crate::reads::Read;
 use crate::{store, telemetry};
 
@@ -32,39 +32,22 @@ pub async fn check_access(
     Ok((status, Json(decision)).into_response())
 }
 
-/// Ids holding a NUL character cannot be stored in PostgreSQL, so nothing matches them; they
-/// are answered without asking the database (which would refuse them), still as denials.
+/// Ids that cannot be stored are answered without asking the database (which would refuse
+/// them), still as denials: see [`Lookup`].
 async fn load(state: &AppState, request: &AccessRequest) -> Result<StoredAccess, ApiError> {
-    if request.customer_id.contains('\0') {
+    let Some(lookup) = Lookup::of(request) else {
         return Ok(StoredAccess::default());
-    }
-    let resource_unstorable = request
-        .resource_id
-        .as_deref()
-        .is_some_and(|r| r.contains('\0'));
-    let feature = if request.feature_id.contains('\0') {
-        ""
-    } else {
-        &request.feature_id
     };
-    let resource = if resource_unstorable {
-        None
-    } else {
-        request.resource_id.as_deref()
-    };
-    let key = (request.customer_id.as_str(), resource, feature);
+    let key = (lookup.customer, lookup.resource, lookup.feature);
     let read: Read<(&str, Option<&str>, &str), _> = |conn, &(customer, resource, feature)| {
         Box::pin(store::load_access(conn, customer, resource, feature))
     };
-    let mut stored = state
+    let stored = state
         .reads
         .run(&key, read)
         .await
         .map_err(|e| ApiError::internal(&e))?;
-    if resource_unstorable {
-        stored.resource_set_exists = false;
-    }
-    Ok(stored)
+    Ok(lookup.seen(stored))
 }
 
 /// Validates the JSON body into an [`AccessRequest`]; the error says what is wrong.

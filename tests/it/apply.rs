@@ -723,3 +723,32 @@ async fn a_late_deletion_revives_from_the_newer_events_embedded_copy_in_every_or
         );
     }
 }
+
+/// A column of another type than the code expects (a schema drifted from the migrations) must
+/// fail the event with a reason, not panic the worker. Shadowing `=` on `xid` in `public`,
+/// searched before `pg_catalog`, makes the `xmax = 0` of an entitlement set's upsert a text.
+#[tokio::test]
+async fn a_column_of_an_unexpected_type_fails_the_event_instead_of_panicking() {
+    let (pool, url) = migrated_pool().await;
+    let database = url.rsplit_once('/').unwrap().1;
+    for sql in [
+        "CREATE FUNCTION public.xid_eq_as_text(xid, int4) RETURNS text LANGUAGE sql \
+         IMMUTABLE AS 'SELECT ''t'''"
+            .to_owned(),
+        "CREATE OPERATOR public.= (LEFTARG = xid, RIGHTARG = int4, \
+         FUNCTION = public.xid_eq_as_text)"
+            .to_owned(),
+        format!("ALTER DATABASE {database} SET search_path = public, pg_catalog"),
+    ] {
+        sqlx::query(&sql).execute(&pool).await.expect(&sql);
+    }
+    pool.close().await;
+    let pool = PgPool::connect(&url).await.unwrap();
+    let ev = events::parse(fixture("entitlements.updated").as_bytes()).unwrap();
+    let results = Processor::new(pool.clone())
+        .process(&[&ev])
+        .await
+        .expect("no transient failure");
+    let reason = results[0].as_ref().expect_err("refused");
+    assert!(reason.contains("mismatched types"), "{reason}");
+}

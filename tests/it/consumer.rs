@@ -573,3 +573,43 @@ async fn ingest_dlq_list_and_replay_through_the_binary() {
         .unwrap();
     assert_eq!(name, "Orbit Labs Inc.");
 }
+
+/// Claims older than INBOX_RETENTION (15 days unless set) are deleted in the background, a
+/// batch at a time, by the worker; younger ones stay, as deduplication needs them.
+#[tokio::test]
+async fn inbox_claims_older_than_the_retention_are_deleted_in_the_background() {
+    let (pool, url) = migrated_pool().await;
+    let sqs = sqs().await;
+    let queue = fresh_queue(&sqs, false).await;
+    for (prefix, age, n) in [("old", "16 days", 2500), ("kept", "14 days", 3)] {
+        sqlx::query(
+            "INSERT INTO inbox (message_id, event_type, outcome, processed_at)
+             SELECT $1 || '-' || n, 'customer.updated', 'applied', now() - $2::interval
+             FROM generate_series(1, $3) AS n",
+        )
+        .bind(prefix)
+        .bind(age)
+        .bind(n)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    let (old, kept) = (
+        "SELECT count(*) FROM inbox WHERE message_id LIKE 'old-%'",
+        "SELECT count(*) FROM inbox WHERE message_id LIKE 'kept-%'",
+    );
+    let app = start_worker(&pool, &url, &queue, &[]).await;
+    send(&sqs, &queue, &fixture("customer.created")).await;
+    eventually(
+        Duration::from_secs(30),
+        "claims older than 15 days deleted",
+        || async { count(&pool, old).await == 0 },
+    )
+    .await;
+    eventually(Duration::from_secs(30), "the new event applied", || async {
+        count(&pool, "SELECT count(*) FROM inbox").await == 4
+    })
+    .await;
+    assert_eq!(count(&pool, kept).await, 3);
+    app.stop().await;
+}

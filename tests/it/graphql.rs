@@ -1247,3 +1247,63 @@ fragment TypeRef on __Type {
       ofType { kind name } } } } } } } } }
 }
 "#;
+
+/// Ids holding a NUL character cannot be stored, so nothing has them: GraphQL answers as
+/// `/check-access` does (no such customer, no such subscription, the same decision), instead
+/// of sending them to PostgreSQL, which refuses them (an "internal error").
+#[tokio::test]
+async fn ids_holding_nul_find_nothing_as_in_check_access() {
+    let (app, _pool) = app_with_world(&[]).await;
+    let q = "query($id: String!) { customer(customerId: $id) { customerId } }";
+    assert_eq!(
+        data(&app, q, json!({ "id": "cust-a\u{0}" })).await,
+        json!({ "customer": null })
+    );
+    let q = "query($id: String!) { customer(customerId: $id) { customerId
+               subscriptions { nodes { subscriptionId } } } }";
+    assert_eq!(
+        data(&app, q, json!({ "id": "cust-a\u{0}" })).await,
+        json!({ "customer": null })
+    );
+    let q = "query($id: String!) { subscription(subscriptionId: $id) { subscriptionId } }";
+    assert_eq!(
+        data(&app, q, json!({ "id": "sub-a1\u{0}" })).await,
+        json!({ "subscription": null })
+    );
+    let q = "query($id: String!) { customers(condition: { customerId: $id }) {
+               totalCount nodes { customerId } } }";
+    assert_eq!(
+        data(&app, q, json!({ "id": "cust-a\u{0}" })).await,
+        json!({ "customers": { "totalCount": 0, "nodes": [] } })
+    );
+
+    let q = "query($feature: String!, $resource: String) { customer(customerId: \"cust-a\") {
+               access(featureId: $feature, resourceId: $resource) {
+                 hasAccess accessDeniedReason } } }";
+    for (feature, resource) in [
+        ("feature-sso\u{0}", None),
+        ("feature-sso", Some("\u{0}")),
+        ("feature-sso\u{0}", Some("resource-blue\u{0}")),
+    ] {
+        let vars = json!({ "feature": feature, "resource": resource });
+        let answer = data(&app, q, vars).await["customer"]["access"].clone();
+        let mut request = json!({ "customerId": "cust-a", "featureId": feature });
+        if let Some(r) = resource {
+            request["resourceId"] = json!(r);
+        }
+        let r = reqwest::Client::new()
+            .post(format!("{}/check-access", app.base))
+            .json(&request)
+            .send()
+            .await
+            .unwrap();
+        let decision: Value = r.json().await.unwrap();
+        assert_eq!(
+            answer,
+            json!({ "hasAccess": decision["hasAccess"],
+                    "accessDeniedReason": decision["accessDeniedReason"] }),
+            "{request}"
+        );
+    }
+    app.stop().await;
+}
