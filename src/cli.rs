@@ -143,7 +143,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
             .await
         }
         Command::Migrate => {
-            crate::connect_and_migrate(&settings, 2, Duration::from_secs(30)).await?;
+            store::connect_and_migrate(&settings, 2, Duration::from_secs(30)).await?;
             eprintln!("migrations applied");
             Ok(())
         }
@@ -165,7 +165,7 @@ async fn sync(settings: &Settings, args: &SyncArgs) -> anyhow::Result<()> {
     let api = crate::sync::api::StiggApi::new(settings.stigg_api()?)?;
     let concurrency = settings.sync_concurrency as usize;
     let pool =
-        crate::connect_and_migrate(settings, concurrency as u32 + 2, Duration::from_secs(30))
+        store::connect_and_migrate(settings, concurrency as u32 + 2, Duration::from_secs(30))
             .await?;
     let opts = crate::sync::Options {
         resume: args.resume,
@@ -206,9 +206,9 @@ async fn serve_roles(settings: Settings, roles: Roles, migrate: bool) -> anyhow:
     }
     let connections = if roles.http { 16 } else { 8 };
     let pool = if migrate {
-        crate::connect_and_migrate(&settings, connections, Duration::from_secs(60)).await?
+        store::connect_and_migrate(&settings, connections, Duration::from_secs(60)).await?
     } else {
-        crate::pool(&settings, connections)?
+        store::pool(&settings, connections)?
     };
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();
@@ -254,7 +254,7 @@ fn lane_of(customer: Option<&str>) -> usize {
 
 async fn ingest(settings: &Settings, file: &str) -> anyhow::Result<()> {
     let pool =
-        crate::connect_and_migrate(settings, INGEST_LANES as u32 + 1, Duration::from_secs(30))
+        store::connect_and_migrate(settings, INGEST_LANES as u32 + 1, Duration::from_secs(30))
             .await?;
     let processor = Processor::new(pool.clone());
     let mut lanes = tokio::task::JoinSet::new();
@@ -379,7 +379,7 @@ fn one_field(s: &str) -> String {
 }
 
 async fn dlq_list(settings: &Settings) -> anyhow::Result<()> {
-    let pool = crate::connect_and_migrate(settings, 2, Duration::from_secs(10)).await?;
+    let pool = store::connect_and_migrate(settings, 2, Duration::from_secs(10)).await?;
     let letters = store::list_dead_letters(&pool).await?;
     let mut out = std::io::stdout().lock();
     for d in letters {
@@ -398,7 +398,7 @@ async fn dlq_list(settings: &Settings) -> anyhow::Result<()> {
 }
 
 async fn dlq_replay(settings: &Settings, id: Option<&str>, all: bool) -> anyhow::Result<()> {
-    let pool = crate::connect_and_migrate(settings, 2, Duration::from_secs(10)).await?;
+    let pool = store::connect_and_migrate(settings, 2, Duration::from_secs(10)).await?;
     let letters = if all {
         store::list_dead_letters(&pool).await?
     } else {

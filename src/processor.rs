@@ -145,3 +145,17 @@ impl Processor {
         Ok(results)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::is_transient;
+    use crate::store::Contention;
+
+    #[test]
+    fn contention_is_transient_and_a_refusal_is_not() {
+        assert!(is_transient(&Contention("row kept changing").into()));
+        assert!(is_transient(&sqlx::Error::PoolTimedOut));
+        assert!(!is_transient(&sqlx::Error::RowNotFound));
+        assert!(!is_transient(&sqlx::Error::ColumnNotFound("x".into())));
+    }
+}

@@ -1,0 +1,83 @@
+//! Dead letters: messages that can never apply, with why, for `dlq list` and `dlq replay`.
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgPool, Row};
+
+/// A dead letter as listed by `dlq list`.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub source_id: String,
+    pub event_message_id: Option<String>,
+    pub event_type: Option<String>,
+    pub reason: String,
+    pub body: Vec<u8>,
+    pub attempts: i32,
+    pub first_seen: DateTime<Utc>,
+}
+
+/// Records (or re-records) a dead letter.
+pub async fn record_dead_letter(
+    pool: &PgPool,
+    source_id: &str,
+    event_message_id: Option<&str>,
+    event_type: Option<&str>,
+    reason: &str,
+    body: &[u8],
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO dead_letters (source_id, event_message_id, event_type, reason, body)
+         VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (source_id) DO UPDATE SET reason = EXCLUDED.reason,
+             attempts = dead_letters.attempts + 1, last_seen = now()",
+    )
+    .bind(source_id)
+    .bind(event_message_id)
+    .bind(event_type)
+    .bind(reason)
+    .bind(body)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+pub async fn list_dead_letters(pool: &PgPool) -> sqlx::Result<Vec<DeadLetter>> {
+    let rows = sqlx::query(
+        "SELECT source_id, event_message_id, event_type, reason, body, attempts, first_seen
+         FROM dead_letters ORDER BY first_seen, source_id",
+    )
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter().map(dead_letter_from_row).collect()
+}
+
+pub async fn get_dead_letter(pool: &PgPool, source_id: &str) -> sqlx::Result<Option<DeadLetter>> {
+    sqlx::query(
+        "SELECT source_id, event_message_id, event_type, reason, body, attempts, first_seen
+         FROM dead_letters WHERE source_id = $1",
+    )
+    .bind(source_id)
+    .fetch_optional(pool)
+    .await?
+    .map(dead_letter_from_row)
+    .transpose()
+}
+
+pub async fn remove_dead_letter(pool: &PgPool, source_id: &str) -> sqlx::Result<()> {
+    sqlx::query("DELETE FROM dead_letters WHERE source_id = $1")
+        .bind(source_id)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+fn dead_letter_from_row(row: sqlx::postgres::PgRow) -> sqlx::Result<DeadLetter> {
+    Ok(DeadLetter {
+        source_id: row.try_get(0)?,
+        event_message_id: row.try_get(1)?,
+        event_type: row.try_get(2)?,
+        reason: row.try_get(3)?,
+        body: row.try_get(4)?,
+        attempts: row.try_get(5)?,
+        first_seen: row.try_get(6)?,
+    })
+}

@@ -1,0 +1,73 @@
+//! PostgreSQL: one function per state change, each carrying the version guard of
+//! STIGG-EVENTS §4 in its SQL (the same rules as [`crate::version`], which the tests hold
+//! against each other). Every function runs on the caller's connection, inside the caller's
+//! transaction; none commits.
+//!
+//! By subdomain: [`inbox`] (claimed deduplication keys), [`customers`] (and tombstones),
+//! [`subscriptions`] (with entitlement sets and usage), [`access`] (the decision's reads),
+//! [`dead_letters`], [`sync`] (the bookkeeping of `stigg-byos sync`), and [`pool`]
+//! (connecting and migrating).
+
+use sqlx::PgPool;
+
+pub mod sync;
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// "Contention, retry": a write found its row changing under it too often. It travels as a
+/// database error with SQLSTATE 40001 (serialization failure), so the one transient/permanent
+/// classifier ([`crate::processor::is_transient`]) retries it as it retries PostgreSQL's own.
+#[derive(Debug, thiserror::Error)]
+#[error("contention: {0}")]
+pub struct Contention(pub &'static str);
+
+impl sqlx::error::DatabaseError for Contention {
+    fn message(&self) -> &str {
+        self.0
+    }
+
+    fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
+        Some("40001".into())
+    }
+
+    fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        self
+    }
+
+    fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+        self
+    }
+
+    fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+        self
+    }
+
+    fn kind(&self) -> sqlx::error::ErrorKind {
+        sqlx::error::ErrorKind::Other
+    }
+}
+
+/// `''` stands for "no resource" (the customer-level set) in the keys.
+pub fn resource_key(resource_id: Option<&str>) -> &str {
+    resource_id.unwrap_or("")
+}
+
+/// Applies the migrations. Safe when several processes start at once: sqlx takes an
+/// advisory lock around them.
+pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    MIGRATOR.run(pool).await
+}
+
+pub mod access;
+pub mod customers;
+pub mod dead_letters;
+pub mod inbox;
+pub mod pool;
+pub mod subscriptions;
+
+pub use access::*;
+pub use customers::*;
+pub use dead_letters::*;
+pub use inbox::*;
+pub use pool::{connect_and_migrate, connect_options, pool};
+pub use subscriptions::*;
