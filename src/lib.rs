@@ -1,6 +1,9 @@
 //! stigg-byos: a live replica of Stigg entitlement data. The composition root: [`run`] starts
 //! the roles (SQS consumer, HTTP server) on a listener and a shutdown signal it is given, so
 //! tests bind port 0 and stop it at will.
+//!
+//! Comments cite the domain rules by section (`§4`, `§7.6`, `STIGG-API.md §4`):
+//! `docs/rules.md` restates each of them.
 
 pub mod access;
 pub mod apply;
