@@ -15,6 +15,60 @@ pub struct AccessRequest {
     pub requested_values: Option<Vec<String>>,
 }
 
+impl AccessRequest {
+    /// Checks the rules every request must meet (§7.11) on fields already of the right
+    /// types; the error says what is wrong. `/check-access` and GraphQL's `access` build
+    /// their requests here.
+    pub fn new(
+        customer_id: String,
+        feature_id: String,
+        resource_id: Option<String>,
+        requested_usage: Option<f64>,
+        requested_values: Option<Vec<String>>,
+    ) -> Result<Self, String> {
+        for (name, id) in [
+            ("customerId", Some(&customer_id)),
+            ("featureId", Some(&feature_id)),
+            ("resourceId", resource_id.as_ref()),
+        ] {
+            if id.is_some_and(|id| id.is_empty()) {
+                return Err(format!("{name} must not be empty"));
+            }
+        }
+        let requested_usage = match requested_usage {
+            None => 0.0,
+            Some(f) if !f.is_finite() => return Err("requestedUsage is out of range".into()),
+            Some(f) if f < 0.0 => return Err("requestedUsage must not be negative".into()),
+            Some(f) => f,
+        };
+        Ok(Self {
+            customer_id,
+            feature_id,
+            resource_id,
+            requested_usage,
+            requested_values,
+        })
+    }
+}
+
+/// The decision's one entry point, for `/check-access` and GraphQL alike: loads what the
+/// request's keys hold with `load` (never called for a customer id that cannot be stored,
+/// which is no customer; see [`Lookup`]) and decides at `now`.
+pub async fn check<'r, E, Fut>(
+    request: &'r AccessRequest,
+    now: DateTime<Utc>,
+    load: impl FnOnce(Lookup<'r>) -> Fut,
+) -> Result<Decision, E>
+where
+    Fut: std::future::Future<Output = Result<StoredAccess, E>>,
+{
+    let stored = match Lookup::of(request) {
+        None => StoredAccess::default(),
+        Some(lookup) => lookup.seen(load(lookup).await?),
+    };
+    Ok(decide(request, &stored, now))
+}
+
 /// Whether an id can be stored at all: PostgreSQL refuses text holding a NUL character, so
 /// nothing has such an id, and it is not sent to the database (which would fail the query).
 pub fn storable(id: &str) -> bool {

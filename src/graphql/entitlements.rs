@@ -10,8 +10,7 @@ use sqlx::PgPool;
 use super::error::Internal;
 use super::scalars::Datetime;
 use crate::access::{
-    decide, is_metered, AccessRequest, Decision, Lookup, StoredAccess, StoredEntitlement,
-    StoredUsage,
+    decide, is_metered, AccessRequest, Decision, StoredAccess, StoredEntitlement, StoredUsage,
 };
 use crate::store;
 
@@ -165,7 +164,7 @@ impl From<Decision> for AccessDecision {
     }
 }
 
-/// Validates like `/check-access` (§7.11), loads in one query, decides (§5).
+/// `/check-access`'s decision: the same validation (§7.11), one query, the same rules (§5).
 pub async fn access(
     pool: &PgPool,
     customer_id: &str,
@@ -174,32 +173,20 @@ pub async fn access(
     requested_usage: Option<f64>,
     requested_values: Option<Vec<String>>,
 ) -> Result<AccessDecision> {
-    if feature_id.is_empty() {
-        return Err("featureId must not be empty".into());
-    }
-    resource_key(resource_id.as_deref())?;
-    let requested_usage = match requested_usage {
-        None => 0.0,
-        Some(f) if !f.is_finite() => return Err("requestedUsage is out of range".into()),
-        Some(f) if f < 0.0 => return Err("requestedUsage must not be negative".into()),
-        Some(f) => f,
-    };
-    let request = AccessRequest {
-        customer_id: customer_id.to_string(),
+    let request = AccessRequest::new(
+        customer_id.to_string(),
         feature_id,
         resource_id,
         requested_usage,
         requested_values,
-    };
-    let stored = match Lookup::of(&request) {
-        None => StoredAccess::default(),
-        Some(lookup) => lookup.seen(
-            store::load_access(pool, lookup.customer, lookup.resource, lookup.feature)
-                .await
-                .map_err(Internal::from)?,
-        ),
-    };
-    Ok(decide(&request, &stored, Utc::now()).into())
+    )?;
+    let decision = crate::access::check(&request, Utc::now(), |lookup| async move {
+        store::load_access(pool, lookup.customer, lookup.resource, lookup.feature)
+            .await
+            .map_err(Internal::from)
+    })
+    .await?;
+    Ok(decision.into())
 }
 
 #[cfg(test)]

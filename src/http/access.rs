@@ -11,7 +11,7 @@ use axum::Json;
 use serde_json::Value;
 
 use super::{ApiError, AppState};
-use crate::access::{decide, AccessRequest, Lookup, StoredAccess};
+use crate::access::{self, AccessRequest};
 use crate::reads::Read;
 use crate::{store, telemetry};
 
@@ -21,8 +21,18 @@ pub async fn check_access(
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     let request = parse_request(&body).map_err(ApiError::bad_request)?;
-    let stored = load(&state, &request).await?;
-    let decision = decide(&request, &stored, chrono::Utc::now());
+    let decision = access::check(&request, chrono::Utc::now(), |lookup| async move {
+        let key = (lookup.customer, lookup.resource, lookup.feature);
+        let read: Read<(&str, Option<&str>, &str), _> = |conn, &(customer, resource, feature)| {
+            Box::pin(store::load_access(conn, customer, resource, feature))
+        };
+        state
+            .reads
+            .run(&key, read)
+            .await
+            .map_err(|e| ApiError::internal(&e))
+    })
+    .await?;
     let (status, result) = if decision.has_access {
         (StatusCode::OK, "allowed")
     } else {
@@ -30,24 +40,6 @@ pub async fn check_access(
     };
     telemetry::check_access(result, started.elapsed().as_secs_f64());
     Ok((status, Json(decision)).into_response())
-}
-
-/// Ids that cannot be stored are answered without asking the database (which would refuse
-/// them), still as denials: see [`Lookup`].
-async fn load(state: &AppState, request: &AccessRequest) -> Result<StoredAccess, ApiError> {
-    let Some(lookup) = Lookup::of(request) else {
-        return Ok(StoredAccess::default());
-    };
-    let key = (lookup.customer, lookup.resource, lookup.feature);
-    let read: Read<(&str, Option<&str>, &str), _> = |conn, &(customer, resource, feature)| {
-        Box::pin(store::load_access(conn, customer, resource, feature))
-    };
-    let stored = state
-        .reads
-        .run(&key, read)
-        .await
-        .map_err(|e| ApiError::internal(&e))?;
-    Ok(lookup.seen(stored))
 }
 
 /// Validates the JSON body into an [`AccessRequest`]; the error says what is wrong.
@@ -59,8 +51,7 @@ pub fn parse_request(body: &[u8]) -> Result<AccessRequest, String> {
     };
     let id = |name: &str| -> Result<String, String> {
         match obj.get(name) {
-            Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
-            Some(Value::String(_)) => Err(format!("{name} must not be empty")),
+            Some(Value::String(s)) => Ok(s.clone()),
             None | Some(Value::Null) => Err(format!("{name} is required")),
             Some(_) => Err(format!("{name} must be a string")),
         }
@@ -69,22 +60,12 @@ pub fn parse_request(body: &[u8]) -> Result<AccessRequest, String> {
     let feature_id = id("featureId")?;
     let resource_id = match obj.get("resourceId") {
         None | Some(Value::Null) => None,
-        Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
-        Some(Value::String(_)) => return Err("resourceId must not be empty".into()),
+        Some(Value::String(s)) => Some(s.clone()),
         Some(_) => return Err("resourceId must be a string".into()),
     };
     let requested_usage = match obj.get("requestedUsage") {
-        None | Some(Value::Null) => 0.0,
-        Some(Value::Number(n)) => {
-            let f = n
-                .as_f64()
-                .filter(|f| f.is_finite())
-                .ok_or("requestedUsage is out of range")?;
-            if f < 0.0 {
-                return Err("requestedUsage must not be negative".into());
-            }
-            f
-        }
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => Some(n.as_f64().ok_or("requestedUsage is out of range")?),
         Some(_) => return Err("requestedUsage must be a number".into()),
     };
     let requested_values = match obj.get("requestedValues") {
@@ -98,13 +79,13 @@ pub fn parse_request(body: &[u8]) -> Result<AccessRequest, String> {
         ),
         Some(_) => return Err("requestedValues must be a list of strings".into()),
     };
-    Ok(AccessRequest {
+    AccessRequest::new(
         customer_id,
         feature_id,
         resource_id,
         requested_usage,
         requested_values,
-    })
+    )
 }
 
 #[cfg(test)]
