@@ -210,18 +210,13 @@ async fn serve_roles(settings: Settings, roles: Roles, migrate: bool) -> anyhow:
     } else {
         store::pool(&settings, connections)?
     };
+    // the signal only starts the shutdown: `run` bounds the drain (§7.16)
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();
-    // The drain is bounded by the visibility timeout (§7.16); past it and a few seconds more,
-    // whatever still holds the process (a stuck connection) must not keep it alive.
-    let deadline = settings.visibility_timeout() + Duration::from_secs(4);
     tokio::spawn(async move {
         crate::shutdown_signal().await;
         tracing::info!("shutdown signal received");
         signal.cancel();
-        tokio::time::sleep(deadline).await;
-        tracing::warn!("shutdown took longer than the visibility timeout; exiting now");
-        std::process::exit(0);
     });
     crate::run(settings, pool, roles, None, shutdown).await
 }

@@ -24,6 +24,7 @@ pub mod telemetry;
 pub mod version;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use futures::FutureExt;
@@ -124,17 +125,66 @@ pub async fn run(
         });
     }
 
+    // The drain is bounded by the visibility timeout (§7.16); a few seconds past it, whatever
+    // still holds a role (a stuck connection) is abandoned so that the process can exit.
+    let grace = settings.visibility_timeout() + SHUTDOWN_SLACK;
+    let outcome = supervise(tasks, &shutdown, grace).await;
+    if outcome.drained {
+        pool.close().await;
+    }
+    outcome.result
+}
+
+/// How long past the visibility timeout a shutdown may take before what still runs is
+/// abandoned.
+pub const SHUTDOWN_SLACK: Duration = Duration::from_secs(4);
+
+/// How the roles ended.
+struct Supervised {
+    /// The first role failure, if any.
+    result: anyhow::Result<()>,
+    /// Every role ended (else some were abandoned at the deadline).
+    drained: bool,
+}
+
+/// Waits for the roles. The first that fails (or panics) cancels `shutdown`, so the others
+/// drain; once `shutdown` is cancelled, roles still running after `grace` are abandoned.
+async fn supervise(
+    mut tasks: tokio::task::JoinSet<anyhow::Result<()>>,
+    shutdown: &CancellationToken,
+    grace: Duration,
+) -> Supervised {
+    let deadline = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::pin!(deadline);
     let mut result = Ok(());
-    while let Some(done) = tasks.join_next().await {
-        let outcome = done.context("role panicked").and_then(|r| r);
-        if let Err(e) = outcome {
-            tracing::error!(error = %e, "a role failed; shutting down");
-            shutdown.cancel();
-            result = Err(e);
+    loop {
+        tokio::select! {
+            done = tasks.join_next() => {
+                let Some(done) = done else {
+                    return Supervised { result, drained: true };
+                };
+                let outcome = done.context("role panicked").and_then(|r| r);
+                if let Err(e) = outcome {
+                    tracing::error!(error = %e, "a role failed; shutting down");
+                    shutdown.cancel();
+                    if result.is_ok() {
+                        result = Err(e);
+                    }
+                }
+            }
+            () = &mut deadline => {
+                tracing::warn!(
+                    roles = tasks.len(),
+                    "shutdown took longer than the visibility timeout; abandoning what still runs"
+                );
+                tasks.detach_all();
+                return Supervised { result, drained: false };
+            }
         }
     }
-    pool.close().await;
-    result
 }
 
 /// Resolves on SIGTERM or SIGINT.
@@ -152,5 +202,60 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = ctrl_c.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio_util::sync::CancellationToken;
+
+    use super::supervise;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_role_that_ignores_shutdown_is_abandoned_after_the_grace() {
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(async { Ok(()) });
+        tasks.spawn(async {
+            std::future::pending::<()>().await;
+            Ok(())
+        });
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            stop.cancel();
+        });
+        let started = tokio::time::Instant::now();
+        let out = supervise(tasks, &shutdown, Duration::from_secs(34)).await;
+        assert!(out.result.is_ok());
+        assert!(!out.drained);
+        assert_eq!(started.elapsed(), Duration::from_secs(39));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_role_cancels_the_others_and_its_error_is_the_result() {
+        let shutdown = CancellationToken::new();
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(async { Err(anyhow::anyhow!("boom")) });
+        let other = shutdown.clone();
+        tasks.spawn(async move {
+            other.cancelled().await;
+            Ok(())
+        });
+        let out = supervise(tasks, &shutdown, Duration::from_secs(30)).await;
+        assert!(out.drained);
+        assert_eq!(out.result.unwrap_err().to_string(), "boom");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_panicking_role_is_a_failure() {
+        let shutdown = CancellationToken::new();
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(async { panic!("bug") });
+        let out = supervise(tasks, &shutdown, Duration::from_secs(30)).await;
+        assert!(shutdown.is_cancelled());
+        assert!(out.result.unwrap_err().to_string().contains("panicked"));
     }
 }
