@@ -359,23 +359,23 @@ pub async fn stored_set(
     row.map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).transpose()
 }
 
-/// A stored usage row: its version and value.
+/// The usage rows of (customer, resource): version and value by feature.
 pub async fn stored_usage(
     conn: &mut PgConnection,
     customer_id: &str,
     resource_key: &str,
-    feature_id: &str,
-) -> sqlx::Result<Option<(Option<DateTime<Utc>>, f64)>> {
-    let row = sqlx::query(
-        "SELECT version, current_usage FROM usage
-         WHERE customer_id = $1 AND resource_key = $2 AND feature_id = $3",
+) -> sqlx::Result<std::collections::HashMap<String, (Option<DateTime<Utc>>, f64)>> {
+    let rows = sqlx::query(
+        "SELECT feature_id, version, current_usage FROM usage
+         WHERE customer_id = $1 AND resource_key = $2",
     )
     .bind(customer_id)
     .bind(resource_key)
-    .bind(feature_id)
-    .fetch_optional(conn)
+    .fetch_all(conn)
     .await?;
-    row.map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).transpose()
+    rows.into_iter()
+        .map(|r| Ok((r.try_get(0)?, (r.try_get(1)?, r.try_get(2)?))))
+        .collect()
 }
 
 /// The gate of snapshot state about a customer, as events have it: a live customer lets

@@ -10,6 +10,7 @@ use super::snapshot::{CustomerCopy, StateCopy, SubscriptionCopy};
 use crate::events::Subscription;
 use crate::store::sync::{self as sync_store, StoredSubscription};
 use crate::store::{self, CustomerGate, UsageReport};
+use crate::version;
 
 /// What merging one copy did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,10 +124,26 @@ pub async fn state(
         StateCopy::NoResource => return Ok(StateMerge::Set(Merge::Unchanged)),
         StateCopy::Set { set, usage } => (set, usage),
     };
+    // Read first: a copy the version guards would refuse is not written at all, so that a
+    // second pass over unchanged data takes no lock and writes nothing.
     let key = store::resource_key(set.resource_id.as_deref());
     let before = sync_store::stored_set(conn, customer_id, key).await?;
-    let (gate, deleted_at) = sync_store::customer_gate(conn, customer_id, set.version).await?;
-    let replaced = gate == CustomerGate::Live && store::replace_entitlements(conn, set).await?;
+    let stored_usage = sync_store::stored_usage(conn, customer_id, key).await?;
+    let set_wins = version::supersedes(before.as_ref().map(|b| b.0), set.version);
+    let usage_wins: Vec<bool> = usage
+        .iter()
+        .map(|u| {
+            let stored = stored_usage.get(&u.feature_id).copied();
+            version::usage_supersedes(stored, u.at, u.current_usage)
+        })
+        .collect();
+    let (gate, deleted_at) = if set_wins || usage_wins.contains(&true) {
+        sync_store::customer_gate(conn, customer_id, set.version).await?
+    } else {
+        (CustomerGate::Live, None)
+    };
+    let replaced =
+        set_wins && gate == CustomerGate::Live && store::replace_entitlements(conn, set).await?;
     let mut merge = if replaced {
         Merge::Changed
     } else if before
@@ -136,7 +153,7 @@ pub async fn state(
     } else {
         Merge::Older
     };
-    for u in usage {
+    for (u, wins) in usage.iter().zip(usage_wins) {
         let live = deleted_at.is_none_or(|d| u.at.is_some_and(|t| t > d));
         let report = UsageReport {
             feature_id: &u.feature_id,
@@ -144,7 +161,8 @@ pub async fn state(
             period_start: u.period_start,
             period_end: u.period_end,
         };
-        let changed = live
+        let changed = wins
+            && live
             && store::report_usage(
                 conn,
                 customer_id,
@@ -156,9 +174,7 @@ pub async fn state(
                 > 0;
         let m = if changed {
             Merge::Changed
-        } else if sync_store::stored_usage(conn, customer_id, key, &u.feature_id).await?
-            == Some((micros(u.at), u.current_usage))
-        {
+        } else if stored_usage.get(&u.feature_id) == Some(&(micros(u.at), u.current_usage)) {
             Merge::Unchanged
         } else {
             Merge::Older
