@@ -31,6 +31,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
+#[path = "replica/sync.rs"]
+mod sync;
+
 // ---------------------------------------------------------------------------------------------
 // Command line
 // ---------------------------------------------------------------------------------------------
@@ -57,7 +60,10 @@ struct Args {
     /// Seconds of load per HTTP measurement. Default 15 (3 with --quick).
     #[arg(long)]
     duration: Option<f64>,
-    /// Run only these parts (comma-separated): sqs, apply, access, graphql, startup.
+    /// Customers served by the fake Stigg API to `sync`. Default 20000 (2000 with --quick).
+    #[arg(long)]
+    sync_customers: Option<usize>,
+    /// Run only these parts (comma-separated): sqs, apply, access, graphql, startup, sync.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Seed of the event generator (the same seed gives the same events).
@@ -91,6 +97,7 @@ struct Args {
 struct Plan {
     events: usize,
     customers: usize,
+    sync_customers: usize,
     load: Duration,
     warmup: Duration,
     connections: usize,
@@ -195,6 +202,9 @@ async fn main() -> Result<()> {
         customers: args
             .customers
             .unwrap_or(if args.quick { 5_000 } else { 100_000 }),
+        sync_customers: args
+            .sync_customers
+            .unwrap_or(if args.quick { 2_000 } else { 20_000 }),
         load: Duration::from_secs_f64(args.duration.unwrap_or(if args.quick { 3.0 } else { 15.0 })),
         warmup: Duration::from_millis(if args.quick { 300 } else { 1_000 }),
         connections: args.connections.max(1),
@@ -331,6 +341,9 @@ async fn run_all(env: &Arc<Env>, plan: &Plan, table: &mut Table) -> Result<()> {
     }
     if plan.runs("access") || plan.runs("graphql") || plan.runs("startup") {
         access_path(env, plan, table).await?;
+    }
+    if plan.runs("sync") {
+        sync::sync_path(env, plan, table).await?;
     }
     Ok(())
 }
