@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::apply::Outcome;
 use crate::config::Settings;
+use crate::dead_letters::{self, ingest_source_id, NewDeadLetter};
 use crate::events::{self, ParsedEvent};
 use crate::processor::Processor;
 use crate::{store, Roles};
@@ -291,18 +292,14 @@ async fn ingest(settings: &Settings, file: &str) -> anyhow::Result<()> {
                 }
             }
             Err(e) => {
-                let source = format!("ingest-{}", &hex::encode(Sha256::digest(line))[..24]);
-                eprintln!("line {}: dead-lettered as {source}: {}", n + 1, e.reason);
-                store::record_dead_letter(
-                    &pool,
-                    &source,
-                    e.message_id.as_deref(),
-                    e.event_type.as_deref(),
-                    &e.reason,
-                    line,
-                )
-                .await?;
-                crate::telemetry::message("dead_lettered");
+                let letter = NewDeadLetter::unparsable(ingest_source_id(line), line.to_vec(), e);
+                eprintln!(
+                    "line {}: dead-lettered as {}: {}",
+                    n + 1,
+                    letter.source_id,
+                    letter.reason
+                );
+                dead_letters::record(&pool, &letter).await?;
                 *counts.entry("dead_lettered").or_default() += 1;
             }
         }
@@ -342,21 +339,11 @@ async fn apply_batch(
         match result {
             Ok(o) => *counts.entry(o.as_str()).or_default() += 1,
             Err(reason) => {
-                let source = format!(
-                    "ingest-{}",
-                    &hex::encode(Sha256::digest(ev.raw.to_string()))[..24]
-                );
-                eprintln!("{}: dead-lettered as {source}: {reason}", ev.dedup_key);
                 let body = serde_json::to_vec(&ev.raw)?;
-                store::record_dead_letter(
-                    processor.pool(),
-                    &source,
-                    ev.message_id.as_deref(),
-                    Some(&ev.event_type),
-                    &reason,
-                    &body,
-                )
-                .await?;
+                let source = ingest_source_id(&body);
+                eprintln!("{}: dead-lettered as {source}: {reason}", ev.dedup_key);
+                let letter = NewDeadLetter::unappliable(source, body, ev, reason);
+                dead_letters::record(processor.pool(), &letter).await?;
                 *counts.entry("dead_lettered").or_default() += 1;
             }
         }
@@ -426,16 +413,13 @@ async fn dlq_replay(settings: &Settings, id: Option<&str>, all: bool) -> anyhow:
             }
             Err(reason) => {
                 still_failing += 1;
-                store::record_dead_letter(
-                    &pool,
-                    &d.source_id,
-                    d.event_message_id.as_deref(),
-                    d.event_type.as_deref(),
-                    &reason,
-                    &d.body,
-                )
-                .await?;
-                println!("{}\tfailed\t{}", d.source_id, one_field(&reason));
+                let letter = d.failed_again(reason);
+                dead_letters::record(&pool, &letter).await?;
+                println!(
+                    "{}\tfailed\t{}",
+                    letter.source_id,
+                    one_field(&letter.reason)
+                );
             }
         }
     }

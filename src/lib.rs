@@ -7,6 +7,7 @@ pub mod apply;
 pub mod cli;
 pub mod config;
 pub mod consumer;
+pub mod dead_letters;
 pub mod events;
 pub mod graphql;
 pub mod health;
