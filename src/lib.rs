@@ -5,6 +5,7 @@
 pub mod access;
 pub mod apply;
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod consumer;
 pub mod dead_letters;
