@@ -11,7 +11,7 @@ use aws_sdk_sqs::types::{
     ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, Message,
     MessageAttributeValue, MessageSystemAttributeName,
 };
-use backon::{BackoffBuilder, ExponentialBuilder};
+use backon::BackoffBuilder;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -39,24 +39,6 @@ pub struct Consumer {
     processor: Processor,
     cfg: ConsumerConfig,
     health: Arc<Health>,
-}
-
-fn receive_backoff() -> impl Iterator<Item = Duration> {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(200))
-        .with_max_delay(Duration::from_secs(20))
-        .with_jitter()
-        .without_max_times()
-        .build()
-}
-
-fn db_backoff() -> impl Iterator<Item = Duration> {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(3))
-        .with_jitter()
-        .without_max_times()
-        .build()
 }
 
 impl Consumer {
@@ -129,7 +111,7 @@ impl Consumer {
         shutdown: CancellationToken,
         hard_stop: CancellationToken,
     ) {
-        let mut backoff = receive_backoff();
+        let mut backoff = crate::backoff::sqs_receive().build();
         loop {
             if !self.health.database_ok() && !self.wait_for_database(&shutdown).await {
                 break;
@@ -145,7 +127,7 @@ impl Consumer {
             };
             let messages = match received {
                 Ok(m) => {
-                    backoff = receive_backoff();
+                    backoff = crate::backoff::sqs_receive().build();
                     m
                 }
                 Err(e) => {
@@ -178,7 +160,7 @@ impl Consumer {
 
     /// While the database is down: poll it, receive nothing. `false` on shutdown.
     async fn wait_for_database(&self, shutdown: &CancellationToken) -> bool {
-        let mut backoff = db_backoff();
+        let mut backoff = crate::backoff::worker_database().build();
         loop {
             let ping = tokio::time::timeout(
                 Duration::from_secs(2),
@@ -326,7 +308,7 @@ impl Consumer {
         events: &[&ParsedEvent],
         shutdown: &CancellationToken,
     ) -> Option<Vec<Result<crate::apply::Outcome, String>>> {
-        let mut backoff = db_backoff();
+        let mut backoff = crate::backoff::worker_database().build();
         loop {
             match self.processor.process(events).await {
                 Ok(results) => {
@@ -359,7 +341,7 @@ impl Consumer {
     ) -> bool {
         let source_id = dl.source_id.as_str();
         let body = m.body.as_deref().unwrap_or("");
-        let mut backoff = db_backoff();
+        let mut backoff = crate::backoff::worker_database().build();
         loop {
             match store::record_dead_letter(self.processor.pool(), dl).await {
                 Ok(()) => break,

@@ -4,6 +4,7 @@
 
 pub mod access;
 pub mod apply;
+pub mod backoff;
 pub mod cli;
 pub mod commands;
 pub mod config;

@@ -7,8 +7,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use backon::Retryable;
 
-use super::retry_policy;
 use crate::apply::Outcome;
+use crate::backoff;
 use crate::config::Settings;
 use crate::dead_letters;
 use crate::events;
@@ -62,7 +62,9 @@ pub async fn replay(settings: &Settings, id: Option<&str>, all: bool) -> anyhow:
             Err(e) => Err(e.reason),
             Ok(ev) => {
                 let one = [&ev];
-                let results = (|| processor.process(&one)).retry(retry_policy()).await?;
+                let results = (|| processor.process(&one))
+                    .retry(backoff::command_database())
+                    .await?;
                 results.into_iter().next().expect("one result per event")
             }
         };

@@ -8,7 +8,8 @@ use std::time::Duration;
 use anyhow::Context;
 use backon::Retryable;
 
-use super::{read_lines, retry_policy};
+use super::read_lines;
+use crate::backoff;
 use crate::config::Settings;
 use crate::dead_letters::{self, ingest_source_id, NewDeadLetter};
 use crate::events::{self, ParsedEvent};
@@ -111,7 +112,7 @@ async fn apply_batch(
     }
     let events: Vec<&ParsedEvent> = batch.iter().collect();
     let results = (|| processor.process(&events))
-        .retry(retry_policy())
+        .retry(backoff::command_database())
         .notify(|e, wait| tracing::warn!(error = %e, ?wait, "transient failure; retrying"))
         .await?;
     for (ev, result) in batch.iter().zip(results) {

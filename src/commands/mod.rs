@@ -4,10 +4,8 @@
 //! arguments and calls them; the long-running roles are started through [`crate::run`].
 
 use std::io::BufRead;
-use std::time::Duration;
 
 use anyhow::Context;
-use backon::ExponentialBuilder;
 
 pub mod dlq;
 pub mod ingest;
@@ -23,13 +21,4 @@ fn read_lines(file: &str) -> anyhow::Result<Box<dyn BufRead>> {
             std::fs::File::open(file).with_context(|| format!("opening {file}"))?,
         ))
     })
-}
-
-/// How long a one-shot command retries a transient failure before it gives up.
-fn retry_policy() -> ExponentialBuilder {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(200))
-        .with_max_delay(Duration::from_secs(5))
-        .with_max_times(12)
-        .with_jitter()
 }
