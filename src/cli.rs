@@ -1,20 +1,14 @@
-//! The command line: subcommands and the one-shot commands (`migrate`, `ingest`, `dlq`,
-//! `publish`). The long-running roles are started through [`crate::run`].
+//! The command line: its arguments, and the dispatch of each subcommand to what runs it. The
+//! long-running roles are started through [`crate::run`], the one-shot commands through
+//! [`crate::commands`].
 
-use std::io::{BufRead, Write};
 use std::time::Duration;
 
-use anyhow::{bail, Context};
-use backon::{ExponentialBuilder, Retryable};
 use clap::{Parser, Subcommand};
-use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use crate::apply::Outcome;
 use crate::config::Settings;
-use crate::events::{self, ParsedEvent};
-use crate::processor::Processor;
-use crate::{store, Roles};
+use crate::{commands, store, Roles};
 
 #[derive(Parser)]
 #[command(
@@ -82,6 +76,27 @@ pub struct SyncArgs {
     pub max_prune_percent: f64,
 }
 
+impl SyncArgs {
+    /// The pass these flags ask for, with SYNC_CONCURRENCY, and a progress bar when a person
+    /// watches stderr.
+    fn options(&self, settings: &Settings) -> crate::sync::Options {
+        use std::io::IsTerminal;
+
+        crate::sync::Options {
+            resume: self.resume,
+            prune: !self.no_prune,
+            force: self.force,
+            max_prune_percent: self.max_prune_percent,
+            concurrency: settings.sync_concurrency as usize,
+            progress: if std::io::stderr().is_terminal() {
+                crate::sync::ProgressStyle::Bar
+            } else {
+                crate::sync::ProgressStyle::Log
+            },
+        }
+    }
+}
+
 fn percent(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(p) if (0.0..=100.0).contains(&p) => Ok(p),
@@ -147,57 +162,16 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
             eprintln!("migrations applied");
             Ok(())
         }
-        Command::Ingest { file } => ingest(&settings, &file).await,
+        Command::Ingest { file } => commands::ingest::run(&settings, &file).await,
         Command::Dlq {
             command: DlqCommand::List,
-        } => dlq_list(&settings).await,
+        } => commands::dlq::list(&settings).await,
         Command::Dlq {
             command: DlqCommand::Replay { id, all },
-        } => dlq_replay(&settings, id.as_deref(), all).await,
-        Command::Publish { file } => publish(&settings, &file).await,
-        Command::Sync(args) => sync(&settings, &args).await,
+        } => commands::dlq::replay(&settings, id.as_deref(), all).await,
+        Command::Publish { file } => commands::publish::run(&settings, &file).await,
+        Command::Sync(args) => commands::sync::run(&settings, &args.options(&settings)).await,
     }
-}
-
-async fn sync(settings: &Settings, args: &SyncArgs) -> anyhow::Result<()> {
-    use std::io::IsTerminal;
-
-    let api = crate::sync::api::StiggApi::new(settings.stigg_api()?)?;
-    let concurrency = settings.sync_concurrency as usize;
-    let pool =
-        store::connect_and_migrate(settings, concurrency as u32 + 2, Duration::from_secs(30))
-            .await?;
-    let opts = crate::sync::Options {
-        resume: args.resume,
-        prune: !args.no_prune,
-        force: args.force,
-        max_prune_percent: args.max_prune_percent,
-        concurrency,
-        progress: if std::io::stderr().is_terminal() {
-            crate::sync::ProgressStyle::Bar
-        } else {
-            crate::sync::ProgressStyle::Log
-        },
-    };
-    let shutdown = CancellationToken::new();
-    let signal = shutdown.clone();
-    tokio::spawn(async move {
-        crate::shutdown_signal().await;
-        signal.cancel();
-    });
-    let outcome = crate::sync::run_pass(&pool, &api, &opts, &shutdown).await;
-    if !matches!(outcome.result, Err(crate::sync::SyncError::Busy)) {
-        println!("{}", outcome.summary);
-    }
-    pool.close().await;
-    outcome.result.map_err(|e| match e {
-        crate::sync::SyncError::Interrupted => {
-            anyhow::anyhow!("sync interrupted; `stigg-byos sync --resume` continues it")
-        }
-        e @ crate::sync::SyncError::Api(_) => anyhow::Error::new(e)
-            .context("sync stopped early (nothing was pruned; `sync --resume` continues it)"),
-        e => anyhow::Error::new(e).context("sync stopped early (nothing was pruned)"),
-    })
 }
 
 async fn serve_roles(settings: Settings, roles: Roles, migrate: bool) -> anyhow::Result<()> {
@@ -219,278 +193,4 @@ async fn serve_roles(settings: Settings, roles: Roles, migrate: bool) -> anyhow:
         signal.cancel();
     });
     crate::run(settings, pool, roles, None, shutdown).await
-}
-
-fn read_lines(file: &str) -> anyhow::Result<Box<dyn BufRead>> {
-    Ok(if file == "-" {
-        Box::new(std::io::BufReader::new(std::io::stdin()))
-    } else {
-        Box::new(std::io::BufReader::new(
-            std::fs::File::open(file).with_context(|| format!("opening {file}"))?,
-        ))
-    })
-}
-
-/// Lines are applied in batches of this many, one transaction each.
-const INGEST_BATCH: usize = 200;
-
-/// Lines are applied in this many lanes at once, each customer always in the same lane (so
-/// its events keep their order and lanes never wait on each other's rows).
-const INGEST_LANES: usize = 4;
-
-type Counts = std::collections::BTreeMap<&'static str, u64>;
-
-fn lane_of(customer: Option<&str>) -> usize {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    customer.hash(&mut h);
-    (h.finish() % INGEST_LANES as u64) as usize
-}
-
-async fn ingest(settings: &Settings, file: &str) -> anyhow::Result<()> {
-    let pool =
-        store::connect_and_migrate(settings, INGEST_LANES as u32 + 1, Duration::from_secs(30))
-            .await?;
-    let processor = Processor::new(pool.clone());
-    let mut lanes = tokio::task::JoinSet::new();
-    let mut senders = Vec::with_capacity(INGEST_LANES);
-    for _ in 0..INGEST_LANES {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<ParsedEvent>(INGEST_BATCH * 2);
-        senders.push(tx);
-        let processor = processor.clone();
-        lanes.spawn(async move {
-            let mut counts = Counts::new();
-            let mut batch: Vec<ParsedEvent> = Vec::with_capacity(INGEST_BATCH);
-            while let Some(ev) = rx.recv().await {
-                batch.push(ev);
-                if batch.len() == INGEST_BATCH {
-                    apply_batch(&processor, &mut batch, &mut counts).await?;
-                }
-            }
-            apply_batch(&processor, &mut batch, &mut counts).await?;
-            Ok::<Counts, anyhow::Error>(counts)
-        });
-    }
-    let mut counts = Counts::new();
-    for (n, line) in read_lines(file)?.split(b'\n').enumerate() {
-        let line = line.with_context(|| format!("reading {file}"))?;
-        let line = line.strip_suffix(b"\r").unwrap_or(&line);
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        match events::parse(line) {
-            Ok(ev) => {
-                let lane = lane_of(ev.customer_id());
-                if senders[lane].send(ev).await.is_err() {
-                    break; // that lane failed: its error is reported below
-                }
-            }
-            Err(e) => {
-                let source = format!("ingest-{}", &hex::encode(Sha256::digest(line))[..24]);
-                eprintln!("line {}: dead-lettered as {source}: {}", n + 1, e.reason);
-                store::record_dead_letter(
-                    &pool,
-                    &source,
-                    e.message_id.as_deref(),
-                    e.event_type.as_deref(),
-                    &e.reason,
-                    line,
-                )
-                .await?;
-                crate::telemetry::message("dead_lettered");
-                *counts.entry("dead_lettered").or_default() += 1;
-            }
-        }
-    }
-    drop(senders);
-    while let Some(lane) = lanes.join_next().await {
-        for (k, v) in lane.context("an ingest lane panicked")?? {
-            *counts.entry(k).or_default() += v;
-        }
-    }
-    let summary: Vec<String> = counts.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    println!(
-        "ingested: {}",
-        if summary.is_empty() {
-            "nothing".into()
-        } else {
-            summary.join(" ")
-        }
-    );
-    Ok(())
-}
-
-async fn apply_batch(
-    processor: &Processor,
-    batch: &mut Vec<ParsedEvent>,
-    counts: &mut Counts,
-) -> anyhow::Result<()> {
-    if batch.is_empty() {
-        return Ok(());
-    }
-    let events: Vec<&ParsedEvent> = batch.iter().collect();
-    let results = (|| processor.process(&events))
-        .retry(retry_policy())
-        .notify(|e, wait| tracing::warn!(error = %e, ?wait, "transient failure; retrying"))
-        .await?;
-    for (ev, result) in batch.iter().zip(results) {
-        match result {
-            Ok(o) => *counts.entry(o.as_str()).or_default() += 1,
-            Err(reason) => {
-                let source = format!(
-                    "ingest-{}",
-                    &hex::encode(Sha256::digest(ev.raw.to_string()))[..24]
-                );
-                eprintln!("{}: dead-lettered as {source}: {reason}", ev.dedup_key);
-                let body = serde_json::to_vec(&ev.raw)?;
-                store::record_dead_letter(
-                    processor.pool(),
-                    &source,
-                    ev.message_id.as_deref(),
-                    Some(&ev.event_type),
-                    &reason,
-                    &body,
-                )
-                .await?;
-                *counts.entry("dead_lettered").or_default() += 1;
-            }
-        }
-    }
-    batch.clear();
-    Ok(())
-}
-
-fn retry_policy() -> ExponentialBuilder {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(200))
-        .with_max_delay(Duration::from_secs(5))
-        .with_max_times(12)
-        .with_jitter()
-}
-
-/// Tabs and newlines would break the one-line-per-letter format.
-fn one_field(s: &str) -> String {
-    s.replace(['\t', '\n', '\r'], " ")
-}
-
-async fn dlq_list(settings: &Settings) -> anyhow::Result<()> {
-    let pool = store::connect_and_migrate(settings, 2, Duration::from_secs(10)).await?;
-    let letters = store::list_dead_letters(&pool).await?;
-    let mut out = std::io::stdout().lock();
-    for d in letters {
-        writeln!(
-            out,
-            "{}\t{}\t{}\t{}\t{}",
-            one_field(&d.source_id),
-            one_field(d.event_message_id.as_deref().unwrap_or("-")),
-            one_field(d.event_type.as_deref().unwrap_or("-")),
-            one_field(&d.reason),
-            d.first_seen
-                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        )?;
-    }
-    Ok(())
-}
-
-async fn dlq_replay(settings: &Settings, id: Option<&str>, all: bool) -> anyhow::Result<()> {
-    let pool = store::connect_and_migrate(settings, 2, Duration::from_secs(10)).await?;
-    let letters = if all {
-        store::list_dead_letters(&pool).await?
-    } else {
-        let id = id.context("give a dead letter id or --all")?;
-        match store::get_dead_letter(&pool, id).await? {
-            Some(d) => vec![d],
-            None => bail!("no dead letter with id {id:?} (see `stigg-byos dlq list`)"),
-        }
-    };
-    let processor = Processor::new(pool.clone());
-    let mut still_failing = 0;
-    for d in letters {
-        let result: Result<Outcome, String> = match events::parse(&d.body) {
-            Err(e) => Err(e.reason),
-            Ok(ev) => {
-                let one = [&ev];
-                let results = (|| processor.process(&one)).retry(retry_policy()).await?;
-                results.into_iter().next().expect("one result per event")
-            }
-        };
-        match result {
-            Ok(outcome) => {
-                store::remove_dead_letter(&pool, &d.source_id).await?;
-                println!("{}\treplayed\t{}", d.source_id, outcome.as_str());
-            }
-            Err(reason) => {
-                still_failing += 1;
-                store::record_dead_letter(
-                    &pool,
-                    &d.source_id,
-                    d.event_message_id.as_deref(),
-                    d.event_type.as_deref(),
-                    &reason,
-                    &d.body,
-                )
-                .await?;
-                println!("{}\tfailed\t{}", d.source_id, one_field(&reason));
-            }
-        }
-    }
-    if still_failing > 0 {
-        bail!("{still_failing} dead letter(s) still fail");
-    }
-    Ok(())
-}
-
-async fn publish(settings: &Settings, file: &str) -> anyhow::Result<()> {
-    let queue = settings.queue_url()?.to_owned();
-    let fifo = crate::sqs::is_fifo(&queue);
-    let sqs = crate::sqs::client(settings).await;
-    let mut lines = Vec::new();
-    for line in read_lines(file)?.lines() {
-        let line = line.with_context(|| format!("reading {file}"))?;
-        if !line.trim().is_empty() {
-            lines.push(line);
-        }
-    }
-    for (chunk_no, chunk) in lines.chunks(10).enumerate() {
-        let entries = chunk
-            .iter()
-            .enumerate()
-            .map(|(i, body)| {
-                let mut entry = aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder()
-                    .id(i.to_string())
-                    .message_body(body);
-                if fifo {
-                    let parsed = events::parse(body.as_bytes()).ok();
-                    let group = parsed
-                        .as_ref()
-                        .and_then(|e| e.customer_id().map(str::to_owned))
-                        .unwrap_or_else(|| "default".into());
-                    let dedup = parsed
-                        .map(|e| e.dedup_key)
-                        .unwrap_or_else(|| hex::encode(Sha256::digest(body.as_bytes())));
-                    entry = entry
-                        .message_group_id(group)
-                        .message_deduplication_id(crate::sqs::dedup_id(&dedup));
-                }
-                entry.build().context("building a message")
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let out = sqs
-            .send_message_batch()
-            .queue_url(&queue)
-            .set_entries(Some(entries))
-            .send()
-            .await
-            .map_err(aws_sdk_sqs::Error::from)
-            .context("sending to SQS_QUEUE_URL")?;
-        if let Some(f) = out.failed.first() {
-            bail!(
-                "message {} was refused: {}",
-                chunk_no * 10 + f.id.parse::<usize>().unwrap_or(0) + 1,
-                f.message.clone().unwrap_or_default()
-            );
-        }
-    }
-    eprintln!("published {} events to {queue}", lines.len());
-    Ok(())
 }

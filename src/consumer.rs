@@ -11,12 +11,13 @@ use aws_sdk_sqs::types::{
     ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, Message,
     MessageAttributeValue, MessageSystemAttributeName,
 };
-use backon::{BackoffBuilder, ExponentialBuilder};
+use backon::BackoffBuilder;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
+use crate::dead_letters::{self, NewDeadLetter};
 use crate::events::{self, ParsedEvent};
 use crate::health::Health;
 use crate::processor::Processor;
@@ -38,31 +39,6 @@ pub struct Consumer {
     processor: Processor,
     cfg: ConsumerConfig,
     health: Arc<Health>,
-}
-
-/// A message that will never apply, with what could be read of it.
-struct DeadLetter {
-    reason: String,
-    event_message_id: Option<String>,
-    event_type: Option<String>,
-}
-
-fn receive_backoff() -> impl Iterator<Item = Duration> {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(200))
-        .with_max_delay(Duration::from_secs(20))
-        .with_jitter()
-        .without_max_times()
-        .build()
-}
-
-fn db_backoff() -> impl Iterator<Item = Duration> {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(3))
-        .with_jitter()
-        .without_max_times()
-        .build()
 }
 
 impl Consumer {
@@ -135,7 +111,7 @@ impl Consumer {
         shutdown: CancellationToken,
         hard_stop: CancellationToken,
     ) {
-        let mut backoff = receive_backoff();
+        let mut backoff = crate::backoff::sqs_receive().build();
         loop {
             if !self.health.database_ok() && !self.wait_for_database(&shutdown).await {
                 break;
@@ -151,7 +127,7 @@ impl Consumer {
             };
             let messages = match received {
                 Ok(m) => {
-                    backoff = receive_backoff();
+                    backoff = crate::backoff::sqs_receive().build();
                     m
                 }
                 Err(e) => {
@@ -184,7 +160,7 @@ impl Consumer {
 
     /// While the database is down: poll it, receive nothing. `false` on shutdown.
     async fn wait_for_database(&self, shutdown: &CancellationToken) -> bool {
-        let mut backoff = db_backoff();
+        let mut backoff = crate::backoff::worker_database().build();
         loop {
             let ping = tokio::time::timeout(
                 Duration::from_secs(2),
@@ -253,7 +229,7 @@ impl Consumer {
     ) -> Option<Settled> {
         let max = self.cfg.max_receive_count;
         let mut parsed: Vec<(Message, ParsedEvent)> = Vec::with_capacity(messages.len());
-        let mut dead: Vec<(Message, DeadLetter)> = Vec::new();
+        let mut dead: Vec<(Message, NewDeadLetter)> = Vec::new();
         for m in messages {
             let count = receive_count(&m);
             let body = m.body.as_deref().unwrap_or("");
@@ -263,21 +239,14 @@ impl Consumer {
                           message_id = e.message_id.as_deref().unwrap_or("-"),
                           event_type = e.event_type.as_deref().unwrap_or("-"),
                           reason = %e.reason, "malformed message: dead-lettering");
-                    let dl = DeadLetter {
-                        reason: e.reason,
-                        event_message_id: e.message_id,
-                        event_type: e.event_type,
-                    };
+                    let dl = NewDeadLetter::unparsable(source_id(&m), body.into(), e);
                     dead.push((m, dl));
                 }
                 Ok(ev) if count > max => {
-                    let dl = DeadLetter {
-                        reason: format!(
-                            "received {count} times (MAX_RECEIVE_COUNT is {max}) without being applied"
-                        ),
-                        event_message_id: ev.message_id.clone(),
-                        event_type: Some(ev.event_type.clone()),
-                    };
+                    let reason = format!(
+                        "received {count} times (MAX_RECEIVE_COUNT is {max}) without being applied"
+                    );
+                    let dl = NewDeadLetter::unappliable(source_id(&m), body.into(), &ev, reason);
                     warn!(message_id = %ev.dedup_key, event_type = %ev.event_type,
                           customer_id = ev.customer_id().unwrap_or("-"), receive_count = count,
                           "receive limit reached: dead-lettering");
@@ -306,11 +275,9 @@ impl Consumer {
                         let count = receive_count(&m);
                         if count >= max {
                             error!(%reason, receive_count = count, "failed for the last time: dead-lettering");
-                            let dl = DeadLetter {
-                                reason: format!("failed on receive {count} of {max}: {reason}"),
-                                event_message_id: ev.message_id.clone(),
-                                event_type: Some(ev.event_type.clone()),
-                            };
+                            let reason = format!("failed on receive {count} of {max}: {reason}");
+                            let body = m.body.as_deref().unwrap_or("").into();
+                            let dl = NewDeadLetter::unappliable(source_id(&m), body, &ev, reason);
                             dead.push((m, dl));
                         } else {
                             warn!(%reason, receive_count = count, "failed; SQS will redeliver");
@@ -322,7 +289,7 @@ impl Consumer {
         }
         for (m, dl) in dead {
             if self.dead_letter(&m, &dl, shutdown).await {
-                telemetry::message("dead_lettered");
+                dead_letters::counted();
                 to_delete.push(m);
             } else {
                 release.push((m, 0));
@@ -341,7 +308,7 @@ impl Consumer {
         events: &[&ParsedEvent],
         shutdown: &CancellationToken,
     ) -> Option<Vec<Result<crate::apply::Outcome, String>>> {
-        let mut backoff = db_backoff();
+        let mut backoff = crate::backoff::worker_database().build();
         loop {
             match self.processor.process(events).await {
                 Ok(results) => {
@@ -365,27 +332,18 @@ impl Consumer {
     }
 
     /// Records the dead letter, copies it to SQS_DLQ_URL when set. `true` when the message
-    /// may be deleted.
+    /// may be deleted (and counts as dead-lettered).
     async fn dead_letter(
         &self,
         m: &Message,
-        dl: &DeadLetter,
+        dl: &NewDeadLetter,
         shutdown: &CancellationToken,
     ) -> bool {
-        let source_id = m.message_id.as_deref().unwrap_or("-");
+        let source_id = dl.source_id.as_str();
         let body = m.body.as_deref().unwrap_or("");
-        let mut backoff = db_backoff();
+        let mut backoff = crate::backoff::worker_database().build();
         loop {
-            match store::record_dead_letter(
-                self.processor.pool(),
-                source_id,
-                dl.event_message_id.as_deref(),
-                dl.event_type.as_deref(),
-                &dl.reason,
-                body.as_bytes(),
-            )
-            .await
-            {
+            match store::record_dead_letter(self.processor.pool(), dl).await {
                 Ok(()) => break,
                 Err(e) if crate::processor::is_transient(&e) && !shutdown.is_cancelled() => {
                     self.health.set_database_ok(false);
@@ -633,6 +591,11 @@ fn handle_of(m: &Message) -> (String, String) {
         m.message_id.clone().unwrap_or_default(),
         m.receipt_handle.clone().unwrap_or_default(),
     )
+}
+
+/// A dead letter's id: its SQS message id.
+fn source_id(m: &Message) -> String {
+    m.message_id.as_deref().unwrap_or("-").to_owned()
 }
 
 fn receive_count(m: &Message) -> u32 {

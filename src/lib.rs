@@ -7,9 +7,12 @@
 
 pub mod access;
 pub mod apply;
+pub mod backoff;
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod consumer;
+pub mod dead_letters;
 pub mod events;
 pub mod graphql;
 pub mod health;

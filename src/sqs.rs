@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use aws_config::{BehaviorVersion, Region};
 use aws_credential_types::provider::{self, error::CredentialsError, future, ProvideCredentials};
 use aws_credential_types::Credentials;
-use backon::{ExponentialBuilder, Retryable};
+use backon::Retryable;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -188,13 +188,7 @@ impl EdgeCredentials {
 
     pub async fn fetch(&self) -> provider::Result {
         (|| self.fetch_once())
-            .retry(
-                ExponentialBuilder::default()
-                    .with_min_delay(Duration::from_millis(200))
-                    .with_max_delay(Duration::from_secs(5))
-                    .with_max_times(5)
-                    .with_jitter(),
-            )
+            .retry(crate::backoff::edge_credentials())
             .when(|e| matches!(e, EdgeError::Retry(_)))
             .notify(|e, wait| tracing::warn!(error = %e, ?wait, "retrying Edge API"))
             .await

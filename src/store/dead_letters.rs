@@ -1,40 +1,22 @@
-//! Dead letters: messages that can never apply, with why, for `dlq list` and `dlq replay`.
+//! The SQL of dead letters (what they are, their ids and their metric: [`crate::dead_letters`]).
 
-use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Row};
 
-/// A dead letter as listed by `dlq list`.
-#[derive(Debug, Clone)]
-pub struct DeadLetter {
-    pub source_id: String,
-    pub event_message_id: Option<String>,
-    pub event_type: Option<String>,
-    pub reason: String,
-    pub body: Vec<u8>,
-    pub attempts: i32,
-    pub first_seen: DateTime<Utc>,
-}
+use crate::dead_letters::{DeadLetter, NewDeadLetter};
 
-/// Records (or re-records) a dead letter.
-pub async fn record_dead_letter(
-    pool: &PgPool,
-    source_id: &str,
-    event_message_id: Option<&str>,
-    event_type: Option<&str>,
-    reason: &str,
-    body: &[u8],
-) -> sqlx::Result<()> {
+/// Records (or re-records) a dead letter. Callers count it: see [`crate::dead_letters`].
+pub async fn record_dead_letter(pool: &PgPool, letter: &NewDeadLetter) -> sqlx::Result<()> {
     sqlx::query(
         "INSERT INTO dead_letters (source_id, event_message_id, event_type, reason, body)
          VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT (source_id) DO UPDATE SET reason = EXCLUDED.reason,
              attempts = dead_letters.attempts + 1, last_seen = now()",
     )
-    .bind(source_id)
-    .bind(event_message_id)
-    .bind(event_type)
-    .bind(reason)
-    .bind(body)
+    .bind(&letter.source_id)
+    .bind(&letter.event_message_id)
+    .bind(&letter.event_type)
+    .bind(&letter.reason)
+    .bind(&letter.body)
     .execute(pool)
     .await?;
     Ok(())

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
+use backon::BackoffBuilder;
 use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
@@ -275,12 +275,7 @@ impl StiggApi {
         build: impl Fn() -> reqwest::RequestBuilder,
         check: impl Fn(Value) -> Result<T, (String, Verdict)>,
     ) -> Result<(T, DateTime<Utc>), ApiError> {
-        let mut backoff = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(500))
-            .with_max_delay(Duration::from_secs(20))
-            .with_jitter()
-            .without_max_times()
-            .build();
+        let mut backoff = crate::backoff::stigg_api().build();
         let started = Instant::now();
         let deadline = started + self.cfg.retry_for;
         let mut tries = 0;

@@ -18,13 +18,14 @@ pub mod snapshot;
 
 use std::time::Duration;
 
-use backon::{ExponentialBuilder, Retryable};
+use backon::Retryable;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff;
 use crate::processor::is_transient;
 use crate::store::{self, sync as sync_store};
 use api::{ApiError, StiggApi};
@@ -281,16 +282,6 @@ async fn lock(pool: &PgPool) -> sqlx::Result<Option<PgConnection>> {
     }
 }
 
-/// Retries a database write while its failure is transient (a lost connection, a deadlock
-/// with the live worker), for about a minute.
-fn db_retry() -> ExponentialBuilder {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(5))
-        .with_max_times(15)
-        .with_jitter()
-}
-
 struct Pass<'a> {
     pool: &'a PgPool,
     api: &'a StiggApi,
@@ -374,7 +365,7 @@ impl Pass<'_> {
                 tx.commit().await?;
                 Ok::<_, sqlx::Error>(kind)
             })
-            .retry(db_retry())
+            .retry(backoff::sync_database())
             .when(is_transient)
             .await?;
             self.counts.customers.plus(page_counts);
@@ -444,7 +435,7 @@ impl Pass<'_> {
                 tx.commit().await?;
                 Ok::<_, sqlx::Error>(kind)
             })
-            .retry(db_retry())
+            .retry(backoff::sync_database())
             .when(is_transient)
             .await?;
             self.counts.subscriptions.plus(page_counts);
@@ -554,7 +545,7 @@ impl Pass<'_> {
             tx.commit().await?;
             Ok::<_, sqlx::Error>(m)
         })
-        .retry(db_retry())
+        .retry(backoff::sync_database())
         .when(is_transient)
         .await?;
         Ok(Some(merged))
@@ -592,7 +583,7 @@ impl Pass<'_> {
                 tx.commit().await?;
                 Ok::<_, sqlx::Error>(pruned)
             })
-            .retry(db_retry())
+            .retry(backoff::sync_database())
             .when(is_transient)
             .await?;
             self.counts.pruned += pruned;
