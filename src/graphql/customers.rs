@@ -10,9 +10,9 @@ use sqlx::{FromRow, PgPool, Row};
 
 use super::entitlements::{self, AccessDecision, Entitlement};
 use super::error::{or_null, Internal};
-use super::loaders::Db;
+use super::loaders::Loaders;
 use super::page::{
-    self, connection, Args, Column, Conn, Kind, Node, OrderBy, Page, Scope, Spec, Table, Term,
+    self, connection, Args, Column, Connection, Kind, Node, OrderBy, Page, Scope, Spec, Table, Term,
     Value,
 };
 use super::scalars::{Cursor, Datetime};
@@ -208,7 +208,7 @@ impl Customer {
     /// The customer-level entitlements as Stigg sent them, each with its `currentUsage` set
     /// to the latest usage reported for it. Null until Stigg sent a customer-level set.
     async fn entitlements(&self, ctx: &Context<'_>) -> Option<Json<serde_json::Value>> {
-        let list = Db::of(ctx)
+        let list = Loaders::of(ctx)
             .entitlement_json()
             .load_one(self.customer_id.clone())
             .await;
@@ -243,7 +243,7 @@ impl Customer {
         )]
         condition: Option<SubscriptionCondition>,
     ) -> Result<SubscriptionsConnection> {
-        let db = Db::of(ctx);
+        let loaders = Loaders::of(ctx);
         let args = Args {
             first,
             last,
@@ -265,11 +265,11 @@ impl Customer {
             // each subscription's customer is this one: no query for it
             let mut me = self.clone();
             me.subscriptions = None;
-            db.customers().feed_one(me.customer_id.clone(), me).await;
+            loaders.customers().feed_one(me.customer_id.clone(), me).await;
         }
         if let (true, Some(page)) = (plain, &self.subscriptions) {
-            return Ok(SubscriptionsConnection(Conn {
-                pool: db.pool.clone(),
+            return Ok(SubscriptionsConnection(Connection {
+                pool: loaders.pool.clone(),
                 scope,
                 spec: plain_subscriptions_spec(),
                 page: page.clone(),
@@ -284,7 +284,7 @@ impl Customer {
         )?;
         (spec.want_rows, spec.want_total) = page::wants(ctx);
         let spec = Arc::new(spec);
-        let page = db
+        let page = loaders
             .subscription_pages()
             .load_one((self.customer_id.clone(), spec.clone()))
             .await?
@@ -295,8 +295,8 @@ impl Customer {
                     total: Some(0),
                 })
             });
-        Ok(SubscriptionsConnection(Conn {
-            pool: db.pool.clone(),
+        Ok(SubscriptionsConnection(Connection {
+            pool: loaders.pool.clone(),
             scope,
             spec,
             page,
@@ -311,7 +311,7 @@ impl Customer {
         resource_id: Option<String>,
     ) -> Result<Vec<Entitlement>> {
         let key = entitlements::resource_key(resource_id.as_deref())?;
-        let list = Db::of(ctx)
+        let list = Loaders::of(ctx)
             .entitlement_lists()
             .load_one((self.customer_id.clone(), key))
             .await?
@@ -331,7 +331,7 @@ impl Customer {
         requested_values: Option<Vec<String>>,
     ) -> Result<AccessDecision> {
         entitlements::access(
-            &Db::of(ctx).pool,
+            &Loaders::of(ctx).pool,
             &self.customer_id,
             feature_id,
             resource_id,

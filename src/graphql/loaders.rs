@@ -22,8 +22,9 @@ use crate::store;
 
 type Cached<L> = OnceLock<DataLoader<L, HashMapCache>>;
 
-/// The pool and this request's loaders (each made on first use).
-pub struct Db {
+/// What one request reads the replica through: its loaders (each made on first use, and
+/// caching for this request only), and the pools for the queries no loader batches.
+pub struct Loaders {
     pub pool: PgPool,
     /// For the single-row lookups ([`crate::reads`]).
     pub reads: Arc<ReadPool>,
@@ -33,9 +34,9 @@ pub struct Db {
     entitlement_lists: Cached<EntitlementListLoader>,
 }
 
-impl Db {
+impl Loaders {
     pub fn new(pool: PgPool, reads: Arc<ReadPool>) -> Self {
-        Db {
+        Loaders {
             pool,
             reads,
             customers: OnceLock::new(),
@@ -45,8 +46,8 @@ impl Db {
         }
     }
 
-    pub fn of<'a>(ctx: &Context<'a>) -> &'a Db {
-        ctx.data_unchecked::<Db>()
+    pub fn of<'a>(ctx: &Context<'a>) -> &'a Loaders {
+        ctx.data_unchecked::<Loaders>()
     }
 
     pub fn customers(&self) -> &DataLoader<CustomerLoader, HashMapCache> {

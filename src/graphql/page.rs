@@ -618,15 +618,16 @@ enum Bound {
 
 // ---- the GraphQL side --------------------------------------------------------------------
 
-/// A page with what it takes to answer `edges.cursor`, `pageInfo` and `totalCount`.
-pub struct Conn<R> {
+/// A connection as resolved: its page, with what it takes to answer `edges.cursor`,
+/// `pageInfo` and `totalCount`. The `connection!` types wrap it under PostGraphile's names.
+pub struct Connection<R> {
     pub pool: PgPool,
     pub scope: Scope,
     pub spec: Arc<Spec>,
     pub page: Arc<Page<R>>,
 }
 
-impl<R: Node> Conn<R> {
+impl<R: Node> Connection<R> {
     pub fn rows(&self) -> &[R] {
         &self.page.rows
     }
@@ -758,7 +759,7 @@ impl PageInfo {
 /// (`<Things>Edge`) over a [`Node`] type.
 macro_rules! connection {
     ($conn:ident, $edge:ident, $node:ty, $doc_nodes:literal) => {
-        pub struct $conn(pub $crate::graphql::page::Conn<$node>);
+        pub struct $conn(pub $crate::graphql::page::Connection<$node>);
 
         #[async_graphql::Object]
         impl $conn {
@@ -792,7 +793,7 @@ macro_rules! connection {
 
         /// An edge in a connection.
         pub struct $edge<'a> {
-            conn: &'a $crate::graphql::page::Conn<$node>,
+            conn: &'a $crate::graphql::page::Connection<$node>,
             node: &'a $node,
         }
 

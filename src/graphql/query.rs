@@ -7,8 +7,8 @@ use async_graphql::{Context, Object};
 
 use super::customers::{self, Customer, CustomerCondition, CustomersConnection, CustomersOrderBy};
 use super::error::or_null;
-use super::loaders::Db;
-use super::page::{self, fetch, Args, Conn, Scope, Spec};
+use super::loaders::Loaders;
+use super::page::{self, fetch, Args, Connection, Scope, Spec};
 use super::scalars::Cursor;
 use super::subscriptions::{
     self, Subscription, SubscriptionCondition, SubscriptionsConnection, SubscriptionsOrderBy,
@@ -65,12 +65,12 @@ impl Query {
         let result = async {
             let mut spec = Spec::new(args, order_by.as_deref(), customers::CUSTOMER_ID, filter)?;
             (spec.want_rows, spec.want_total) = page::wants(ctx);
-            let pool = Db::of(ctx).pool.clone();
+            let pool = Loaders::of(ctx).pool.clone();
             let mut page = fetch::<Customer>(&pool, &Scope::All, &spec).await?;
             if let Some(want_total) = customers::plain_subscriptions_wanted(ctx) {
                 customers::preload_subscriptions(&pool, &mut page.rows, want_total).await?;
             }
-            Ok(Some(CustomersConnection(Conn {
+            Ok(Some(CustomersConnection(Connection {
                 pool,
                 scope: Scope::All,
                 spec: Arc::new(spec),
@@ -120,9 +120,9 @@ impl Query {
             let order_by = order_by.as_deref();
             let mut spec = Spec::new(args, order_by, subscriptions::SUBSCRIPTION_ID, filter)?;
             (spec.want_rows, spec.want_total) = page::wants(ctx);
-            let pool = Db::of(ctx).pool.clone();
+            let pool = Loaders::of(ctx).pool.clone();
             let page = fetch::<Subscription>(&pool, &Scope::All, &spec).await?;
-            Ok(Some(SubscriptionsConnection(Conn {
+            Ok(Some(SubscriptionsConnection(Connection {
                 pool,
                 scope: Scope::All,
                 spec: Arc::new(spec),
@@ -136,7 +136,7 @@ impl Query {
         if !storable(&customer_id) {
             return None; // no such customer, as /check-access answers
         }
-        let reads = &Db::of(ctx).reads;
+        let reads = &Loaders::of(ctx).reads;
         // with its subscriptions in the same round trip when they are asked for
         let result = if ctx.look_ahead().field("subscriptions").exists() {
             customers::by_id_with_subscriptions(reads, &customer_id).await
@@ -154,7 +154,7 @@ impl Query {
         if !storable(&subscription_id) {
             return None;
         }
-        let result = subscriptions::by_id(&Db::of(ctx).reads, &subscription_id).await;
+        let result = subscriptions::by_id(&Loaders::of(ctx).reads, &subscription_id).await;
         or_null(ctx, result.map_err(Into::into))
     }
 }

@@ -8,7 +8,7 @@ use sqlx::{FromRow, Row};
 
 use super::customers::Customer;
 use super::error::{or_null, Internal};
-use super::loaders::Db;
+use super::loaders::Loaders;
 use super::page::{connection, Column, Kind, Node, OrderBy, Table, Term, Value};
 use super::scalars::Datetime;
 use crate::reads::{Read, ReadPool};
@@ -199,7 +199,7 @@ impl Subscription {
 
     /// Reads a single `Customer` that is related to this `Subscription`.
     async fn customer(&self, ctx: &Context<'_>) -> Option<Customer> {
-        let result = Db::of(ctx)
+        let result = Loaders::of(ctx)
             .customers()
             .load_one(self.customer_id.clone())
             .await;
