@@ -13,9 +13,9 @@ mod customers;
 mod entitlements;
 mod error;
 mod guard;
-mod loaders;
 mod page;
 mod query;
+mod rows;
 mod scalars;
 mod subscriptions;
 
@@ -31,8 +31,8 @@ use axum::routing::get;
 use axum::Router;
 use sqlx::PgPool;
 
-use self::loaders::Loaders;
 use self::query::Query;
+use self::rows::Loaders;
 use crate::reads::ReadPool;
 
 type ReplicaSchema = Schema<Query, EmptyMutation, EmptySubscription>;

@@ -35,6 +35,24 @@ pub struct Column {
     pub nullable: bool,
 }
 
+impl Column {
+    pub const fn text(sql: &'static str, nullable: bool) -> Column {
+        Column {
+            sql,
+            kind: Kind::Text,
+            nullable,
+        }
+    }
+
+    pub const fn time(sql: &'static str, nullable: bool) -> Column {
+        Column {
+            sql,
+            kind: Kind::Time,
+            nullable,
+        }
+    }
+}
+
 /// A column's value, as compared in SQL and carried in a cursor.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Value {

@@ -5,13 +5,13 @@ use std::sync::Arc;
 
 use async_graphql::{Context, Object};
 
-use super::customers::{self, Customer, CustomerCondition, CustomersConnection, CustomersOrderBy};
+use super::customers::{self, CustomerCondition, CustomersConnection, CustomersOrderBy};
 use super::error::or_null;
-use super::loaders::Loaders;
 use super::page::{self, fetch, Args, Connection, Scope, Spec};
+use super::rows::{self, Customer, Loaders, Subscription};
 use super::scalars::Cursor;
 use super::subscriptions::{
-    self, Subscription, SubscriptionCondition, SubscriptionsConnection, SubscriptionsOrderBy,
+    self, SubscriptionCondition, SubscriptionsConnection, SubscriptionsOrderBy,
 };
 use crate::access::storable;
 
@@ -139,9 +139,9 @@ impl Query {
         let reads = &Loaders::of(ctx).reads;
         // with its subscriptions in the same round trip when they are asked for
         let result = if ctx.look_ahead().field("subscriptions").exists() {
-            customers::by_id_with_subscriptions(reads, &customer_id).await
+            rows::customer_with_subscriptions(reads, &customer_id).await
         } else {
-            customers::by_id(reads, &customer_id).await
+            rows::customer(reads, &customer_id).await
         };
         or_null(ctx, result.map_err(Into::into))
     }
@@ -154,7 +154,7 @@ impl Query {
         if !storable(&subscription_id) {
             return None;
         }
-        let result = subscriptions::by_id(&Loaders::of(ctx).reads, &subscription_id).await;
+        let result = rows::subscription(&Loaders::of(ctx).reads, &subscription_id).await;
         or_null(ctx, result.map_err(Into::into))
     }
 }
