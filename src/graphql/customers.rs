@@ -12,13 +12,11 @@ use sqlx::PgPool;
 use super::entitlements::{self, AccessDecision, Entitlement};
 use super::error::{or_null, Internal};
 use super::page::{
-    self, connection, Args, Column, Connection, OrderBy, Page, Scope, Spec, Term, Value,
+    self, connection, Args, Column, Condition, Connection, OrderBy, Page, Scope, Spec, Term, Value,
 };
 use super::rows::{Customer, Loaders, Subscription};
 use super::scalars::{Cursor, Datetime};
-use super::subscriptions::{
-    self, SubscriptionCondition, SubscriptionsConnection, SubscriptionsOrderBy,
-};
+use super::subscriptions::{SubscriptionCondition, SubscriptionsConnection, SubscriptionsOrderBy};
 
 pub const CUSTOMER_ID: Column = Column::text("customer_id", false);
 const NAME: Column = Column::text("name", true);
@@ -57,7 +55,7 @@ pub fn plain_subscriptions_wanted(ctx: &Context<'_>) -> Option<bool> {
 fn plain_subscriptions_spec() -> Arc<Spec> {
     static PLAIN: OnceLock<Arc<Spec>> = OnceLock::new();
     PLAIN
-        .get_or_init(|| Arc::new(Spec::plain(subscriptions::SUBSCRIPTION_ID)))
+        .get_or_init(|| Arc::new(Spec::plain::<SubscriptionsOrderBy>()))
         .clone()
 }
 
@@ -69,7 +67,7 @@ pub async fn preload_subscriptions(
     want_total: bool,
 ) -> Result<(), Internal> {
     let ids: Vec<String> = customers.iter().map(|c| c.customer_id.clone()).collect();
-    let mut spec = Spec::plain(subscriptions::SUBSCRIPTION_ID);
+    let mut spec = Spec::plain::<SubscriptionsOrderBy>();
     spec.want_total = want_total;
     let mut pages = page::fetch_children::<Subscription>(pool, "customer_id", &ids, &spec).await?;
     for c in customers {
@@ -177,32 +175,22 @@ impl Customer {
                 page: page.clone(),
             }));
         }
-        let filter = SubscriptionCondition::filter(condition.as_ref());
-        let mut spec = Spec::new(
-            args,
-            order_by.as_deref(),
-            subscriptions::SUBSCRIPTION_ID,
-            filter,
-        )?;
-        (spec.want_rows, spec.want_total) = page::wants(ctx);
-        let spec = Arc::new(spec);
-        let page = loaders
-            .subscription_pages()
-            .load_one((self.customer_id.clone(), spec.clone()))
-            .await?
-            .unwrap_or_else(|| {
+        let customer_id = &self.customer_id;
+        let load = |spec| async move {
+            let page = loaders
+                .subscription_pages()
+                .load_one((customer_id.clone(), spec))
+                .await?;
+            Ok(page.unwrap_or_else(|| {
                 Arc::new(Page {
                     rows: Vec::new(),
                     has_more: false,
                     total: Some(0),
                 })
-            });
-        Ok(SubscriptionsConnection(Connection {
-            pool: loaders.pool.clone(),
-            scope,
-            spec,
-            page,
-        }))
+            }))
+        };
+        let connection = Connection::resolve(ctx, scope, args, order_by, condition, load).await?;
+        Ok(SubscriptionsConnection(connection))
     }
 
     /// The customer's entitlements, typed: the customer-level set, or a resource's set when
@@ -265,6 +253,8 @@ pub enum CustomersOrderBy {
 }
 
 impl OrderBy for CustomersOrderBy {
+    const PRIMARY_KEY: Column = CUSTOMER_ID;
+
     fn term(self) -> Option<Term> {
         use CustomersOrderBy as O;
         let (col, desc) = match self {
@@ -304,21 +294,21 @@ pub struct CustomerCondition {
     pub updated_at: MaybeUndefined<Datetime>,
 }
 
-impl CustomerCondition {
-    pub fn filter(condition: Option<&Self>) -> Vec<(Column, Value)> {
-        let Some(c) = condition else {
-            return Vec::new();
-        };
+impl Condition for CustomerCondition {
+    fn filter(&self) -> Vec<(Column, Value)> {
         let mut out = Vec::new();
         for (col, v) in [
-            (CUSTOMER_ID, &c.customer_id),
-            (NAME, &c.name),
-            (EMAIL, &c.email),
-            (BILLING_ID, &c.billing_id),
+            (CUSTOMER_ID, &self.customer_id),
+            (NAME, &self.name),
+            (EMAIL, &self.email),
+            (BILLING_ID, &self.billing_id),
         ] {
             page::text_condition(&mut out, col, v);
         }
-        for (col, v) in [(CREATED_AT, &c.created_at), (UPDATED_AT, &c.updated_at)] {
+        for (col, v) in [
+            (CREATED_AT, &self.created_at),
+            (UPDATED_AT, &self.updated_at),
+        ] {
             page::time_condition(&mut out, col, v);
         }
         out

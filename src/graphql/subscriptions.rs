@@ -5,7 +5,7 @@
 use async_graphql::{Context, Enum, InputObject, MaybeUndefined, Object};
 
 use super::error::or_null;
-use super::page::{connection, Column, OrderBy, Term, Value};
+use super::page::{connection, Column, Condition, OrderBy, Term, Value};
 use super::rows::{Customer, Loaders, Subscription};
 use super::scalars::Datetime;
 
@@ -130,6 +130,8 @@ pub enum SubscriptionsOrderBy {
 }
 
 impl OrderBy for SubscriptionsOrderBy {
+    const PRIMARY_KEY: Column = SUBSCRIPTION_ID;
+
     fn term(self) -> Option<Term> {
         use SubscriptionsOrderBy as O;
         let (col, desc) = match self {
@@ -201,31 +203,28 @@ pub struct SubscriptionCondition {
     pub updated_at: MaybeUndefined<Datetime>,
 }
 
-impl SubscriptionCondition {
-    pub fn filter(condition: Option<&Self>) -> Vec<(Column, Value)> {
-        let Some(c) = condition else {
-            return Vec::new();
-        };
+impl Condition for SubscriptionCondition {
+    fn filter(&self) -> Vec<(Column, Value)> {
         let mut out = Vec::new();
         for (col, v) in [
-            (SUBSCRIPTION_ID, &c.subscription_id),
-            (CUSTOMER_ID, &c.customer_id),
-            (STATUS, &c.status),
-            (PLAN_ID, &c.plan_id),
-            (PLAN_NAME, &c.plan_name),
-            (BILLING_ID, &c.billing_id),
-            (RESOURCE_ID, &c.resource_id),
-            (BILLING_PERIOD, &c.billing_period),
+            (SUBSCRIPTION_ID, &self.subscription_id),
+            (CUSTOMER_ID, &self.customer_id),
+            (STATUS, &self.status),
+            (PLAN_ID, &self.plan_id),
+            (PLAN_NAME, &self.plan_name),
+            (BILLING_ID, &self.billing_id),
+            (RESOURCE_ID, &self.resource_id),
+            (BILLING_PERIOD, &self.billing_period),
         ] {
             super::page::text_condition(&mut out, col, v);
         }
         for (col, v) in [
-            (START_DATE, &c.start_date),
-            (END_DATE, &c.end_date),
-            (CANCELLATION_DATE, &c.cancellation_date),
-            (TRIAL_END_DATE, &c.trial_end_date),
-            (CREATED_AT, &c.created_at),
-            (UPDATED_AT, &c.updated_at),
+            (START_DATE, &self.start_date),
+            (END_DATE, &self.end_date),
+            (CANCELLATION_DATE, &self.cancellation_date),
+            (TRIAL_END_DATE, &self.trial_end_date),
+            (CREATED_AT, &self.created_at),
+            (UPDATED_AT, &self.updated_at),
         ] {
             super::page::time_condition(&mut out, col, v);
         }
