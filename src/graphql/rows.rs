@@ -244,7 +244,8 @@ pub async fn subscription(reads: &ReadPool, id: &str) -> Result<Option<Subscript
 }
 
 // ---- the loaders ---------------------------------------------------------------------------
-type Cached<L> = OnceLock<DataLoader<L, HashMapCache>>;
+
+type Cached<L> = OnceLock<Batch<L>>;
 
 /// What one request reads the replica through: its loaders (each made on first use, and
 /// caching for this request only), and the pools for the queries no loader batches.
@@ -274,45 +275,35 @@ impl Loaders {
         ctx.data_unchecked::<Loaders>()
     }
 
-    pub fn customers(&self) -> &DataLoader<CustomerLoader, HashMapCache> {
-        self.customers.get_or_init(|| {
-            DataLoader::with_cache(
-                CustomerLoader(self.pool.clone()),
-                tokio::spawn,
-                HashMapCache::default(),
-            )
+    pub fn customers(&self) -> &Batch<CustomerLoader> {
+        batch(&self.customers, || CustomerLoader(self.pool.clone()))
+    }
+
+    pub fn subscription_pages(&self) -> &Batch<SubscriptionPageLoader> {
+        batch(&self.subscription_pages, || {
+            SubscriptionPageLoader(self.pool.clone())
         })
     }
 
-    pub fn subscription_pages(&self) -> &DataLoader<SubscriptionPageLoader, HashMapCache> {
-        self.subscription_pages.get_or_init(|| {
-            DataLoader::with_cache(
-                SubscriptionPageLoader(self.pool.clone()),
-                tokio::spawn,
-                HashMapCache::default(),
-            )
+    pub fn entitlement_json(&self) -> &Batch<EntitlementJsonLoader> {
+        batch(&self.entitlement_json, || {
+            EntitlementJsonLoader(self.pool.clone())
         })
     }
 
-    pub fn entitlement_json(&self) -> &DataLoader<EntitlementJsonLoader, HashMapCache> {
-        self.entitlement_json.get_or_init(|| {
-            DataLoader::with_cache(
-                EntitlementJsonLoader(self.pool.clone()),
-                tokio::spawn,
-                HashMapCache::default(),
-            )
+    pub fn entitlement_lists(&self) -> &Batch<EntitlementListLoader> {
+        batch(&self.entitlement_lists, || {
+            EntitlementListLoader(self.pool.clone())
         })
     }
+}
 
-    pub fn entitlement_lists(&self) -> &DataLoader<EntitlementListLoader, HashMapCache> {
-        self.entitlement_lists.get_or_init(|| {
-            DataLoader::with_cache(
-                EntitlementListLoader(self.pool.clone()),
-                tokio::spawn,
-                HashMapCache::default(),
-            )
-        })
-    }
+/// A loader batching on tokio, caching for one request.
+pub type Batch<L> = DataLoader<L, HashMapCache>;
+
+/// The request's `L`, made on first use.
+fn batch<L>(cell: &OnceLock<Batch<L>>, make: impl FnOnce() -> L) -> &Batch<L> {
+    cell.get_or_init(|| DataLoader::with_cache(make(), tokio::spawn, HashMapCache::default()))
 }
 
 /// Live customers by id (`Subscription.customer`).
