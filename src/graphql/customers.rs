@@ -1,132 +1,29 @@
-//! `Customer`, `CustomersOrderBy`, `CustomerCondition` and `CustomersConnection`, named as
-//! PostGraphile names them for the `customers` table, plus what no PostGraphile schema had:
-//! the customer's typed entitlements and its access decision. Tombstones are never read.
+//! `Customer`'s fields, `CustomersOrderBy`, `CustomerCondition` and `CustomersConnection`,
+//! named as PostGraphile names them for the `customers` table (the row and its SQL are in
+//! [`super::rows`]), plus what no PostGraphile schema had: the customer's typed entitlements
+//! and its access decision. Tombstones are never read.
 
 use std::sync::{Arc, OnceLock};
 
 use async_graphql::{Context, Enum, InputObject, Json, MaybeUndefined, Object, Result};
-use chrono::{DateTime, Utc};
-use sqlx::{FromRow, PgPool, Row};
+use chrono::Utc;
+use sqlx::PgPool;
 
 use super::entitlements::{self, AccessDecision, Entitlement};
 use super::error::{or_null, Internal};
-use super::loaders::Db;
 use super::page::{
-    self, connection, Args, Column, Conn, Kind, Node, OrderBy, Page, Scope, Spec, Table, Term,
-    Value,
+    self, connection, Args, Column, Condition, Connection, OrderBy, Page, Scope, Spec, Term, Value,
 };
+use super::rows::{Customer, Loaders, Subscription};
 use super::scalars::{Cursor, Datetime};
-use super::subscriptions::{
-    self, Subscription, SubscriptionCondition, SubscriptionsConnection, SubscriptionsOrderBy,
-};
-use crate::reads::{Read, ReadPool};
+use super::subscriptions::{SubscriptionCondition, SubscriptionsConnection, SubscriptionsOrderBy};
 
-const fn text(sql: &'static str, nullable: bool) -> Column {
-    Column {
-        sql,
-        kind: Kind::Text,
-        nullable,
-    }
-}
-
-const fn time(sql: &'static str) -> Column {
-    Column {
-        sql,
-        kind: Kind::Time,
-        nullable: false,
-    }
-}
-
-pub const CUSTOMER_ID: Column = text("customer_id", false);
-const NAME: Column = text("name", true);
-const EMAIL: Column = text("email", true);
-const BILLING_ID: Column = text("billing_id", true);
-const CREATED_AT: Column = time("created_at");
-const UPDATED_AT: Column = time("updated_at");
-
-pub const SELECT: &str = "t.customer_id, t.name, t.email, t.billing_id, t.created_at, t.updated_at";
-
-pub static TABLE: Table = Table {
-    name: "customers",
-    select: SELECT,
-    visible: "NOT t.is_deleted",
-};
-
-#[derive(Debug, Clone, FromRow)]
-pub struct Customer {
-    pub customer_id: String,
-    pub name: Option<String>,
-    pub email: Option<String>,
-    pub billing_id: Option<String>,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-    /// The first page of `subscriptions` with no arguments, when loaded with the customer.
-    #[sqlx(skip)]
-    pub subscriptions: Option<Arc<Page<Subscription>>>,
-}
-
-impl Node for Customer {
-    const TABLE: &'static Table = &TABLE;
-
-    fn value(&self, col: &Column) -> Value {
-        match col.sql {
-            "customer_id" => Value::Text(Some(self.customer_id.clone())),
-            "name" => Value::Text(self.name.clone()),
-            "email" => Value::Text(self.email.clone()),
-            "billing_id" => Value::Text(self.billing_id.clone()),
-            "created_at" => Value::Time(Some(self.created_at)),
-            _ => Value::Time(Some(self.updated_at)),
-        }
-    }
-}
-
-/// A live customer by id.
-pub async fn by_id(reads: &ReadPool, id: &str) -> Result<Option<Customer>, Internal> {
-    const SQL: &str = "SELECT t.customer_id, t.name, t.email, t.billing_id, t.created_at,
-            t.updated_at
-         FROM customers t WHERE t.customer_id = $1 AND NOT t.is_deleted";
-    let read: Read<str, _> = |conn, id| Box::pin(sqlx::query_as(SQL).bind(id).fetch_optional(conn));
-    Ok(reads.run(id, read).await?)
-}
-
-/// A live customer by id with the first page of its subscriptions, in one round trip (the
-/// hot path of `customer(customerId) { … subscriptions { nodes { … } } }`).
-pub async fn by_id_with_subscriptions(
-    reads: &ReadPool,
-    id: &str,
-) -> Result<Option<Customer>, Internal> {
-    const SQL: &str = "SELECT t.customer_id, t.name, t.email, t.billing_id, t.created_at,
-            t.updated_at, s.*
-         FROM customers t
-         LEFT JOIN LATERAL (
-             SELECT t.subscription_id, t.customer_id, t.status, t.plan_id, t.plan_name,
-                    t.billing_id, t.resource_id, t.billing_period, t.start_date, t.end_date,
-                    t.cancellation_date, t.trial_end_date, t.created_at, t.updated_at
-             FROM subscriptions t WHERE t.customer_id = $1
-             ORDER BY t.subscription_id LIMIT 1001) s ON TRUE
-         WHERE t.customer_id = $1 AND NOT t.is_deleted";
-    let read: Read<str, _> = |conn, id| Box::pin(sqlx::query(SQL).bind(id).fetch_all(conn));
-    let rows = reads.run(id, read).await?;
-    let Some(first) = rows.first() else {
-        return Ok(None);
-    };
-    // by position: the subscription columns repeat some of the customer's names
-    let mut customer = Customer {
-        customer_id: first.try_get(0)?,
-        name: first.try_get(1)?,
-        email: first.try_get(2)?,
-        billing_id: first.try_get(3)?,
-        created_at: first.try_get(4)?,
-        updated_at: first.try_get(5)?,
-        subscriptions: None,
-    };
-    let subs = rows
-        .iter()
-        .filter_map(|r| Subscription::at(r, 6).transpose())
-        .collect::<sqlx::Result<Vec<_>>>()?;
-    customer.subscriptions = Some(Arc::new(Page::from_preloaded(subs)));
-    Ok(Some(customer))
-}
+pub const CUSTOMER_ID: Column = Column::text("customer_id", false);
+const NAME: Column = Column::text("name", true);
+const EMAIL: Column = Column::text("email", true);
+const BILLING_ID: Column = Column::text("billing_id", true);
+const CREATED_AT: Column = Column::time("created_at", false);
+const UPDATED_AT: Column = Column::time("updated_at", false);
 
 /// Whether `nodes { subscriptions }` or `edges { node { subscriptions } }` is asked
 /// without arguments somewhere in this connection's selection, and if so whether its
@@ -158,7 +55,7 @@ pub fn plain_subscriptions_wanted(ctx: &Context<'_>) -> Option<bool> {
 fn plain_subscriptions_spec() -> Arc<Spec> {
     static PLAIN: OnceLock<Arc<Spec>> = OnceLock::new();
     PLAIN
-        .get_or_init(|| Arc::new(Spec::plain(subscriptions::SUBSCRIPTION_ID)))
+        .get_or_init(|| Arc::new(Spec::plain::<SubscriptionsOrderBy>()))
         .clone()
 }
 
@@ -170,7 +67,7 @@ pub async fn preload_subscriptions(
     want_total: bool,
 ) -> Result<(), Internal> {
     let ids: Vec<String> = customers.iter().map(|c| c.customer_id.clone()).collect();
-    let mut spec = Spec::plain(subscriptions::SUBSCRIPTION_ID);
+    let mut spec = Spec::plain::<SubscriptionsOrderBy>();
     spec.want_total = want_total;
     let mut pages = page::fetch_children::<Subscription>(pool, "customer_id", &ids, &spec).await?;
     for c in customers {
@@ -208,7 +105,7 @@ impl Customer {
     /// The customer-level entitlements as Stigg sent them, each with its `currentUsage` set
     /// to the latest usage reported for it. Null until Stigg sent a customer-level set.
     async fn entitlements(&self, ctx: &Context<'_>) -> Option<Json<serde_json::Value>> {
-        let list = Db::of(ctx)
+        let list = Loaders::of(ctx)
             .entitlement_json()
             .load_one(self.customer_id.clone())
             .await;
@@ -243,7 +140,7 @@ impl Customer {
         )]
         condition: Option<SubscriptionCondition>,
     ) -> Result<SubscriptionsConnection> {
-        let db = Db::of(ctx);
+        let loaders = Loaders::of(ctx);
         let args = Args {
             first,
             last,
@@ -265,42 +162,35 @@ impl Customer {
             // each subscription's customer is this one: no query for it
             let mut me = self.clone();
             me.subscriptions = None;
-            db.customers().feed_one(me.customer_id.clone(), me).await;
+            loaders
+                .customers()
+                .feed_one(me.customer_id.clone(), me)
+                .await;
         }
         if let (true, Some(page)) = (plain, &self.subscriptions) {
-            return Ok(SubscriptionsConnection(Conn {
-                pool: db.pool.clone(),
+            return Ok(SubscriptionsConnection(Connection {
+                pool: loaders.pool.clone(),
                 scope,
                 spec: plain_subscriptions_spec(),
                 page: page.clone(),
             }));
         }
-        let filter = SubscriptionCondition::filter(condition.as_ref());
-        let mut spec = Spec::new(
-            args,
-            order_by.as_deref(),
-            subscriptions::SUBSCRIPTION_ID,
-            filter,
-        )?;
-        (spec.want_rows, spec.want_total) = page::wants(ctx);
-        let spec = Arc::new(spec);
-        let page = db
-            .subscription_pages()
-            .load_one((self.customer_id.clone(), spec.clone()))
-            .await?
-            .unwrap_or_else(|| {
+        let customer_id = &self.customer_id;
+        let load = |spec| async move {
+            let page = loaders
+                .subscription_pages()
+                .load_one((customer_id.clone(), spec))
+                .await?;
+            Ok(page.unwrap_or_else(|| {
                 Arc::new(Page {
                     rows: Vec::new(),
                     has_more: false,
                     total: Some(0),
                 })
-            });
-        Ok(SubscriptionsConnection(Conn {
-            pool: db.pool.clone(),
-            scope,
-            spec,
-            page,
-        }))
+            }))
+        };
+        let connection = Connection::resolve(ctx, scope, args, order_by, condition, load).await?;
+        Ok(SubscriptionsConnection(connection))
     }
 
     /// The customer's entitlements, typed: the customer-level set, or a resource's set when
@@ -311,7 +201,7 @@ impl Customer {
         resource_id: Option<String>,
     ) -> Result<Vec<Entitlement>> {
         let key = entitlements::resource_key(resource_id.as_deref())?;
-        let list = Db::of(ctx)
+        let list = Loaders::of(ctx)
             .entitlement_lists()
             .load_one((self.customer_id.clone(), key))
             .await?
@@ -331,7 +221,7 @@ impl Customer {
         requested_values: Option<Vec<String>>,
     ) -> Result<AccessDecision> {
         entitlements::access(
-            &Db::of(ctx).pool,
+            &Loaders::of(ctx).pool,
             &self.customer_id,
             feature_id,
             resource_id,
@@ -363,6 +253,8 @@ pub enum CustomersOrderBy {
 }
 
 impl OrderBy for CustomersOrderBy {
+    const PRIMARY_KEY: Column = CUSTOMER_ID;
+
     fn term(self) -> Option<Term> {
         use CustomersOrderBy as O;
         let (col, desc) = match self {
@@ -402,21 +294,21 @@ pub struct CustomerCondition {
     pub updated_at: MaybeUndefined<Datetime>,
 }
 
-impl CustomerCondition {
-    pub fn filter(condition: Option<&Self>) -> Vec<(Column, Value)> {
-        let Some(c) = condition else {
-            return Vec::new();
-        };
+impl Condition for CustomerCondition {
+    fn filter(&self) -> Vec<(Column, Value)> {
         let mut out = Vec::new();
         for (col, v) in [
-            (CUSTOMER_ID, &c.customer_id),
-            (NAME, &c.name),
-            (EMAIL, &c.email),
-            (BILLING_ID, &c.billing_id),
+            (CUSTOMER_ID, &self.customer_id),
+            (NAME, &self.name),
+            (EMAIL, &self.email),
+            (BILLING_ID, &self.billing_id),
         ] {
             page::text_condition(&mut out, col, v);
         }
-        for (col, v) in [(CREATED_AT, &c.created_at), (UPDATED_AT, &c.updated_at)] {
+        for (col, v) in [
+            (CREATED_AT, &self.created_at),
+            (UPDATED_AT, &self.updated_at),
+        ] {
             page::time_condition(&mut out, col, v);
         }
         out

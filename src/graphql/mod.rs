@@ -13,9 +13,9 @@ mod customers;
 mod entitlements;
 mod error;
 mod guard;
-mod loaders;
 mod page;
 mod query;
+mod rows;
 mod scalars;
 mod subscriptions;
 
@@ -31,8 +31,8 @@ use axum::routing::get;
 use axum::Router;
 use sqlx::PgPool;
 
-use self::loaders::Db;
 use self::query::Query;
+use self::rows::Loaders;
 use crate::reads::ReadPool;
 
 type ReplicaSchema = Schema<Query, EmptyMutation, EmptySubscription>;
@@ -109,7 +109,7 @@ async fn execute(api: &Api, mut request: async_graphql::Request) -> Response {
     if let Err(e) = api.documents.prepare(&mut request) {
         return json(&async_graphql::Response::from_errors(vec![e]));
     }
-    let request = request.data(Db::new(api.pool.clone(), api.reads.clone()));
+    let request = request.data(Loaders::new(api.pool.clone(), api.reads.clone()));
     json(&api.schema.execute(request).await)
 }
 

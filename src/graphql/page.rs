@@ -4,6 +4,7 @@
 //! so a page continues by keyset (`WHERE (…) > (…)`), not by counting rows. Only SELECTs.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 
 use async_graphql::{EnumType, MaybeUndefined, Object};
@@ -13,6 +14,7 @@ use sqlx::postgres::PgRow;
 use sqlx::{FromRow, PgPool, Postgres, QueryBuilder, Row};
 
 use super::error::Internal;
+use super::rows::Loaders;
 use super::scalars::{
     base64_decode, base64_encode, format_datetime, parse_datetime, Cursor, Datetime,
 };
@@ -33,6 +35,24 @@ pub struct Column {
     pub sql: &'static str,
     pub kind: Kind,
     pub nullable: bool,
+}
+
+impl Column {
+    pub const fn text(sql: &'static str, nullable: bool) -> Column {
+        Column {
+            sql,
+            kind: Kind::Text,
+            nullable,
+        }
+    }
+
+    pub const fn time(sql: &'static str, nullable: bool) -> Column {
+        Column {
+            sql,
+            kind: Kind::Time,
+            nullable,
+        }
+    }
 }
 
 /// A column's value, as compared in SQL and carried in a cursor.
@@ -90,7 +110,14 @@ pub trait Node: for<'r> FromRow<'r, PgRow> + Send + Sync + Unpin + 'static {
 
 /// An `orderBy` enum: `NATURAL` has no term; `PRIMARY_KEY_*` is the primary key's.
 pub trait OrderBy: EnumType {
+    /// The primary key, which completes every ordering.
+    const PRIMARY_KEY: Column;
     fn term(self) -> Option<Term>;
+}
+
+/// A `condition` input: the equalities it asks for, anded.
+pub trait Condition {
+    fn filter(&self) -> Vec<(Column, Value)>;
 }
 
 /// Which rows of the table: the visible ones, or those of one parent (a customer's
@@ -146,10 +173,9 @@ impl Spec {
     pub fn new<O: OrderBy>(
         args: Args,
         order_by: Option<&[O]>,
-        pk: Column,
         filter: Vec<(Column, Value)>,
     ) -> Result<Spec, String> {
-        let (order, prefix) = ordering(order_by, pk);
+        let (order, prefix) = ordering(order_by, O::PRIMARY_KEY);
         if args.first.is_some() && args.last.is_some() {
             return Err("Combining `first` and `last` is not supported.".into());
         }
@@ -193,10 +219,10 @@ impl Spec {
     }
 
     /// The spec of a connection asked with no arguments at all (`orderBy` at its default).
-    pub fn plain(pk: Column) -> Spec {
+    pub fn plain<O: OrderBy>() -> Spec {
         Spec {
             order: vec![Term {
-                col: pk,
+                col: O::PRIMARY_KEY,
                 desc: false,
             }],
             prefix: vec!["primary_key_asc".into()],
@@ -288,7 +314,7 @@ pub fn time_condition(out: &mut Vec<(Column, Value)>, col: Column, v: &MaybeUnde
 }
 
 /// What a connection's selection asks for: rows (nodes, edges or pageInfo), the count.
-pub fn wants(ctx: &async_graphql::Context<'_>) -> (bool, bool) {
+fn wants(ctx: &async_graphql::Context<'_>) -> (bool, bool) {
     let la = ctx.look_ahead();
     let rows =
         la.field("nodes").exists() || la.field("edges").exists() || la.field("pageInfo").exists();
@@ -618,15 +644,47 @@ enum Bound {
 
 // ---- the GraphQL side --------------------------------------------------------------------
 
-/// A page with what it takes to answer `edges.cursor`, `pageInfo` and `totalCount`.
-pub struct Conn<R> {
+/// A connection as resolved: its page, with what it takes to answer `edges.cursor`,
+/// `pageInfo` and `totalCount`. The `connection!` types wrap it under PostGraphile's names.
+pub struct Connection<R> {
     pub pool: PgPool,
     pub scope: Scope,
     pub spec: Arc<Spec>,
     pub page: Arc<Page<R>>,
 }
 
-impl<R: Node> Conn<R> {
+impl<R: Node> Connection<R> {
+    /// The one resolver of every connection field (`customers`, `subscriptions`, a
+    /// customer's `subscriptions`): checks the arguments against the ordering (see
+    /// [`Spec::new`]), reads from the selection whether rows and the count are wanted, has
+    /// `load` fetch the page so described, and keeps what `pageInfo` and `totalCount` need.
+    pub async fn resolve<O, C, L, F>(
+        ctx: &async_graphql::Context<'_>,
+        scope: Scope,
+        args: Args,
+        order_by: Option<Vec<O>>,
+        condition: Option<C>,
+        load: L,
+    ) -> async_graphql::Result<Self>
+    where
+        O: OrderBy,
+        C: Condition,
+        L: FnOnce(Arc<Spec>) -> F,
+        F: Future<Output = Result<Arc<Page<R>>, Internal>>,
+    {
+        let filter = condition.as_ref().map(C::filter).unwrap_or_default();
+        let mut spec = Spec::new(args, order_by.as_deref(), filter)?;
+        (spec.want_rows, spec.want_total) = wants(ctx);
+        let spec = Arc::new(spec);
+        let page = load(spec.clone()).await?;
+        Ok(Connection {
+            pool: Loaders::of(ctx).pool.clone(),
+            scope,
+            spec,
+            page,
+        })
+    }
+
     pub fn rows(&self) -> &[R] {
         &self.page.rows
     }
@@ -758,7 +816,7 @@ impl PageInfo {
 /// (`<Things>Edge`) over a [`Node`] type.
 macro_rules! connection {
     ($conn:ident, $edge:ident, $node:ty, $doc_nodes:literal) => {
-        pub struct $conn(pub $crate::graphql::page::Conn<$node>);
+        pub struct $conn(pub $crate::graphql::page::Connection<$node>);
 
         #[async_graphql::Object]
         impl $conn {
@@ -792,7 +850,7 @@ macro_rules! connection {
 
         /// An edge in a connection.
         pub struct $edge<'a> {
-            conn: &'a $crate::graphql::page::Conn<$node>,
+            conn: &'a $crate::graphql::page::Connection<$node>,
             node: &'a $node,
         }
 

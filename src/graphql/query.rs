@@ -5,14 +5,12 @@ use std::sync::Arc;
 
 use async_graphql::{Context, Object};
 
-use super::customers::{self, Customer, CustomerCondition, CustomersConnection, CustomersOrderBy};
+use super::customers::{self, CustomerCondition, CustomersConnection, CustomersOrderBy};
 use super::error::or_null;
-use super::loaders::Db;
-use super::page::{self, fetch, Args, Conn, Scope, Spec};
+use super::page::{self, fetch, Args, Connection, Scope, Spec};
+use super::rows::{self, Customer, Loaders, Subscription};
 use super::scalars::Cursor;
-use super::subscriptions::{
-    self, Subscription, SubscriptionCondition, SubscriptionsConnection, SubscriptionsOrderBy,
-};
+use super::subscriptions::{SubscriptionCondition, SubscriptionsConnection, SubscriptionsOrderBy};
 use crate::access::storable;
 
 /// The root query type which gives access points into the data universe.
@@ -61,23 +59,16 @@ impl Query {
             before,
             after,
         };
-        let filter = CustomerCondition::filter(condition.as_ref());
-        let result = async {
-            let mut spec = Spec::new(args, order_by.as_deref(), customers::CUSTOMER_ID, filter)?;
-            (spec.want_rows, spec.want_total) = page::wants(ctx);
-            let pool = Db::of(ctx).pool.clone();
-            let mut page = fetch::<Customer>(&pool, &Scope::All, &spec).await?;
+        let pool = &Loaders::of(ctx).pool;
+        let load = |spec: Arc<Spec>| async move {
+            let mut page = fetch::<Customer>(pool, &Scope::All, &spec).await?;
             if let Some(want_total) = customers::plain_subscriptions_wanted(ctx) {
-                customers::preload_subscriptions(&pool, &mut page.rows, want_total).await?;
+                customers::preload_subscriptions(pool, &mut page.rows, want_total).await?;
             }
-            Ok(Some(CustomersConnection(Conn {
-                pool,
-                scope: Scope::All,
-                spec: Arc::new(spec),
-                page: Arc::new(page),
-            })))
+            Ok(Arc::new(page))
         };
-        or_null(ctx, result.await)
+        let result = Connection::resolve(ctx, Scope::All, args, order_by, condition, load).await;
+        or_null(ctx, result.map(|c| Some(CustomersConnection(c))))
     }
 
     /// Reads and enables pagination through a set of `Subscription`.
@@ -115,33 +106,26 @@ impl Query {
             before,
             after,
         };
-        let filter = SubscriptionCondition::filter(condition.as_ref());
-        let result = async {
-            let order_by = order_by.as_deref();
-            let mut spec = Spec::new(args, order_by, subscriptions::SUBSCRIPTION_ID, filter)?;
-            (spec.want_rows, spec.want_total) = page::wants(ctx);
-            let pool = Db::of(ctx).pool.clone();
-            let page = fetch::<Subscription>(&pool, &Scope::All, &spec).await?;
-            Ok(Some(SubscriptionsConnection(Conn {
-                pool,
-                scope: Scope::All,
-                spec: Arc::new(spec),
-                page: Arc::new(page),
-            })))
+        let pool = &Loaders::of(ctx).pool;
+        let load = |spec: Arc<Spec>| async move {
+            Ok(Arc::new(
+                fetch::<Subscription>(pool, &Scope::All, &spec).await?,
+            ))
         };
-        or_null(ctx, result.await)
+        let result = Connection::resolve(ctx, Scope::All, args, order_by, condition, load).await;
+        or_null(ctx, result.map(|c| Some(SubscriptionsConnection(c))))
     }
 
     async fn customer(&self, ctx: &Context<'_>, customer_id: String) -> Option<Customer> {
         if !storable(&customer_id) {
             return None; // no such customer, as /check-access answers
         }
-        let reads = &Db::of(ctx).reads;
+        let reads = &Loaders::of(ctx).reads;
         // with its subscriptions in the same round trip when they are asked for
         let result = if ctx.look_ahead().field("subscriptions").exists() {
-            customers::by_id_with_subscriptions(reads, &customer_id).await
+            rows::customer_with_subscriptions(reads, &customer_id).await
         } else {
-            customers::by_id(reads, &customer_id).await
+            rows::customer(reads, &customer_id).await
         };
         or_null(ctx, result.map_err(Into::into))
     }
@@ -154,7 +138,7 @@ impl Query {
         if !storable(&subscription_id) {
             return None;
         }
-        let result = subscriptions::by_id(&Db::of(ctx).reads, &subscription_id).await;
+        let result = rows::subscription(&Loaders::of(ctx).reads, &subscription_id).await;
         or_null(ctx, result.map_err(Into::into))
     }
 }

@@ -1,142 +1,28 @@
-//! `Subscription`, `SubscriptionsOrderBy`, `SubscriptionCondition` and
-//! `SubscriptionsConnection`, named as PostGraphile names them for the `subscriptions` table.
+//! `Subscription`'s fields, `SubscriptionsOrderBy`, `SubscriptionCondition` and
+//! `SubscriptionsConnection`, named as PostGraphile names them for the `subscriptions` table
+//! (the row and its SQL are in [`super::rows`]).
 
-use async_graphql::{Context, Enum, InputObject, MaybeUndefined, Object, Result};
-use chrono::{DateTime, Utc};
-use sqlx::postgres::PgRow;
-use sqlx::{FromRow, Row};
+use async_graphql::{Context, Enum, InputObject, MaybeUndefined, Object};
 
-use super::customers::Customer;
-use super::error::{or_null, Internal};
-use super::loaders::Db;
-use super::page::{connection, Column, Kind, Node, OrderBy, Table, Term, Value};
+use super::error::or_null;
+use super::page::{connection, Column, Condition, OrderBy, Term, Value};
+use super::rows::{Customer, Loaders, Subscription};
 use super::scalars::Datetime;
-use crate::reads::{Read, ReadPool};
 
-const fn text(sql: &'static str, nullable: bool) -> Column {
-    Column {
-        sql,
-        kind: Kind::Text,
-        nullable,
-    }
-}
-
-const fn time(sql: &'static str, nullable: bool) -> Column {
-    Column {
-        sql,
-        kind: Kind::Time,
-        nullable,
-    }
-}
-
-pub const SUBSCRIPTION_ID: Column = text("subscription_id", false);
-pub const CUSTOMER_ID: Column = text("customer_id", false);
-const STATUS: Column = text("status", true);
-const PLAN_ID: Column = text("plan_id", true);
-const PLAN_NAME: Column = text("plan_name", true);
-const BILLING_ID: Column = text("billing_id", true);
-const RESOURCE_ID: Column = text("resource_id", true);
-const BILLING_PERIOD: Column = text("billing_period", true);
-const START_DATE: Column = time("start_date", true);
-const END_DATE: Column = time("end_date", true);
-const CANCELLATION_DATE: Column = time("cancellation_date", true);
-const TRIAL_END_DATE: Column = time("trial_end_date", true);
-const CREATED_AT: Column = time("created_at", false);
-const UPDATED_AT: Column = time("updated_at", false);
-
-/// The select list; [`Subscription::at`] reads it by position.
-pub const SELECT: &str = "t.subscription_id, t.customer_id, t.status, t.plan_id, t.plan_name, \
-     t.billing_id, t.resource_id, t.billing_period, t.start_date, t.end_date, \
-     t.cancellation_date, t.trial_end_date, t.created_at, t.updated_at";
-
-pub static TABLE: Table = Table {
-    name: "subscriptions",
-    select: SELECT,
-    // a subscription whose customer is a tombstone is never shown (none should exist)
-    visible: "EXISTS (SELECT 1 FROM customers c WHERE c.customer_id = t.customer_id \
-              AND NOT c.is_deleted)",
-};
-
-#[derive(Debug, Clone, FromRow)]
-pub struct Subscription {
-    pub subscription_id: String,
-    pub customer_id: String,
-    pub status: Option<String>,
-    pub plan_id: Option<String>,
-    pub plan_name: Option<String>,
-    pub billing_id: Option<String>,
-    pub resource_id: Option<String>,
-    pub billing_period: Option<String>,
-    pub start_date: Option<DateTime<Utc>>,
-    pub end_date: Option<DateTime<Utc>>,
-    pub cancellation_date: Option<DateTime<Utc>>,
-    pub trial_end_date: Option<DateTime<Utc>>,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-}
-
-impl Subscription {
-    /// Reads the [`SELECT`] columns starting at position `base`; `None` when they are NULL
-    /// (the empty side of a LEFT JOIN).
-    pub fn at(row: &PgRow, base: usize) -> sqlx::Result<Option<Subscription>> {
-        let Some(subscription_id) = row.try_get::<Option<String>, _>(base)? else {
-            return Ok(None);
-        };
-        Ok(Some(Subscription {
-            subscription_id,
-            customer_id: row.try_get(base + 1)?,
-            status: row.try_get(base + 2)?,
-            plan_id: row.try_get(base + 3)?,
-            plan_name: row.try_get(base + 4)?,
-            billing_id: row.try_get(base + 5)?,
-            resource_id: row.try_get(base + 6)?,
-            billing_period: row.try_get(base + 7)?,
-            start_date: row.try_get(base + 8)?,
-            end_date: row.try_get(base + 9)?,
-            cancellation_date: row.try_get(base + 10)?,
-            trial_end_date: row.try_get(base + 11)?,
-            created_at: row.try_get(base + 12)?,
-            updated_at: row.try_get(base + 13)?,
-        }))
-    }
-}
-
-impl Node for Subscription {
-    const TABLE: &'static Table = &TABLE;
-
-    fn value(&self, col: &Column) -> Value {
-        let t = |s: &Option<String>| Value::Text(s.clone());
-        match col.sql {
-            "subscription_id" => Value::Text(Some(self.subscription_id.clone())),
-            "customer_id" => Value::Text(Some(self.customer_id.clone())),
-            "status" => t(&self.status),
-            "plan_id" => t(&self.plan_id),
-            "plan_name" => t(&self.plan_name),
-            "billing_id" => t(&self.billing_id),
-            "resource_id" => t(&self.resource_id),
-            "billing_period" => t(&self.billing_period),
-            "start_date" => Value::Time(self.start_date),
-            "end_date" => Value::Time(self.end_date),
-            "cancellation_date" => Value::Time(self.cancellation_date),
-            "trial_end_date" => Value::Time(self.trial_end_date),
-            "created_at" => Value::Time(Some(self.created_at)),
-            _ => Value::Time(Some(self.updated_at)),
-        }
-    }
-}
-
-/// The subscription, when its customer is not a tombstone.
-pub async fn by_id(reads: &ReadPool, id: &str) -> Result<Option<Subscription>, Internal> {
-    const SQL: &str = "SELECT t.subscription_id, t.customer_id, t.status, t.plan_id, t.plan_name,
-            t.billing_id, t.resource_id, t.billing_period, t.start_date, t.end_date,
-            t.cancellation_date, t.trial_end_date, t.created_at, t.updated_at
-         FROM subscriptions t
-         WHERE t.subscription_id = $1
-           AND EXISTS (SELECT 1 FROM customers c WHERE c.customer_id = t.customer_id
-                       AND NOT c.is_deleted)";
-    let read: Read<str, _> = |conn, id| Box::pin(sqlx::query_as(SQL).bind(id).fetch_optional(conn));
-    Ok(reads.run(id, read).await?)
-}
+pub const SUBSCRIPTION_ID: Column = Column::text("subscription_id", false);
+pub const CUSTOMER_ID: Column = Column::text("customer_id", false);
+const STATUS: Column = Column::text("status", true);
+const PLAN_ID: Column = Column::text("plan_id", true);
+const PLAN_NAME: Column = Column::text("plan_name", true);
+const BILLING_ID: Column = Column::text("billing_id", true);
+const RESOURCE_ID: Column = Column::text("resource_id", true);
+const BILLING_PERIOD: Column = Column::text("billing_period", true);
+const START_DATE: Column = Column::time("start_date", true);
+const END_DATE: Column = Column::time("end_date", true);
+const CANCELLATION_DATE: Column = Column::time("cancellation_date", true);
+const TRIAL_END_DATE: Column = Column::time("trial_end_date", true);
+const CREATED_AT: Column = Column::time("created_at", false);
+const UPDATED_AT: Column = Column::time("updated_at", false);
 
 #[Object]
 impl Subscription {
@@ -199,7 +85,7 @@ impl Subscription {
 
     /// Reads a single `Customer` that is related to this `Subscription`.
     async fn customer(&self, ctx: &Context<'_>) -> Option<Customer> {
-        let result = Db::of(ctx)
+        let result = Loaders::of(ctx)
             .customers()
             .load_one(self.customer_id.clone())
             .await;
@@ -244,6 +130,8 @@ pub enum SubscriptionsOrderBy {
 }
 
 impl OrderBy for SubscriptionsOrderBy {
+    const PRIMARY_KEY: Column = SUBSCRIPTION_ID;
+
     fn term(self) -> Option<Term> {
         use SubscriptionsOrderBy as O;
         let (col, desc) = match self {
@@ -315,31 +203,28 @@ pub struct SubscriptionCondition {
     pub updated_at: MaybeUndefined<Datetime>,
 }
 
-impl SubscriptionCondition {
-    pub fn filter(condition: Option<&Self>) -> Vec<(Column, Value)> {
-        let Some(c) = condition else {
-            return Vec::new();
-        };
+impl Condition for SubscriptionCondition {
+    fn filter(&self) -> Vec<(Column, Value)> {
         let mut out = Vec::new();
         for (col, v) in [
-            (SUBSCRIPTION_ID, &c.subscription_id),
-            (CUSTOMER_ID, &c.customer_id),
-            (STATUS, &c.status),
-            (PLAN_ID, &c.plan_id),
-            (PLAN_NAME, &c.plan_name),
-            (BILLING_ID, &c.billing_id),
-            (RESOURCE_ID, &c.resource_id),
-            (BILLING_PERIOD, &c.billing_period),
+            (SUBSCRIPTION_ID, &self.subscription_id),
+            (CUSTOMER_ID, &self.customer_id),
+            (STATUS, &self.status),
+            (PLAN_ID, &self.plan_id),
+            (PLAN_NAME, &self.plan_name),
+            (BILLING_ID, &self.billing_id),
+            (RESOURCE_ID, &self.resource_id),
+            (BILLING_PERIOD, &self.billing_period),
         ] {
             super::page::text_condition(&mut out, col, v);
         }
         for (col, v) in [
-            (START_DATE, &c.start_date),
-            (END_DATE, &c.end_date),
-            (CANCELLATION_DATE, &c.cancellation_date),
-            (TRIAL_END_DATE, &c.trial_end_date),
-            (CREATED_AT, &c.created_at),
-            (UPDATED_AT, &c.updated_at),
+            (START_DATE, &self.start_date),
+            (END_DATE, &self.end_date),
+            (CANCELLATION_DATE, &self.cancellation_date),
+            (TRIAL_END_DATE, &self.trial_end_date),
+            (CREATED_AT, &self.created_at),
+            (UPDATED_AT, &self.updated_at),
         ] {
             super::page::time_condition(&mut out, col, v);
         }
