@@ -4,9 +4,11 @@
 //! the caller's transaction.
 
 use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
+use futures::future::BoxFuture;
 use sqlx::PgConnection;
 
 use super::snapshot::{CustomerCopy, StateCopy, SubscriptionCopy};
+use super::{Counts, Kind};
 use crate::events::Subscription;
 use crate::store::sync::{self as sync_store, StoredSubscription};
 use crate::store::{self, CustomerGate, UsageReport};
@@ -38,6 +40,32 @@ impl Merge {
 /// Stored times have microseconds; a copy's may have more.
 fn micros(t: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
     t.map(|t| t.trunc_subsecs(6))
+}
+
+/// A copy from a listing page: how it merges, and which count of the pass it adds to.
+pub trait Listed: Sync {
+    fn merge<'c>(&'c self, conn: &'c mut PgConnection) -> BoxFuture<'c, sqlx::Result<Merge>>;
+    fn kind(counts: &mut Counts) -> &mut Kind;
+}
+
+impl Listed for CustomerCopy {
+    fn merge<'c>(&'c self, conn: &'c mut PgConnection) -> BoxFuture<'c, sqlx::Result<Merge>> {
+        Box::pin(customer(conn, self))
+    }
+
+    fn kind(counts: &mut Counts) -> &mut Kind {
+        &mut counts.customers
+    }
+}
+
+impl Listed for SubscriptionCopy {
+    fn merge<'c>(&'c self, conn: &'c mut PgConnection) -> BoxFuture<'c, sqlx::Result<Merge>> {
+        Box::pin(subscription(conn, self))
+    }
+
+    fn kind(counts: &mut Counts) -> &mut Kind {
+        &mut counts.subscriptions
+    }
 }
 
 /// A customer, at its `updatedAt`, as a `customer.updated` would apply.

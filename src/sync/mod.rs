@@ -344,30 +344,13 @@ impl Pass<'_> {
             } else {
                 "subscriptions"
             };
-            let page_counts = (|| async {
-                let mut tx = self.pool.begin().await?;
-                let mut kind = Kind::default();
-                for copy in &copies {
-                    kind.add(merge::customer(&mut tx, copy).await?);
-                }
-                sync_store::add_listed(&mut tx, self.run.run_id, &ids, &versions).await?;
-                let mut counts = self.counts;
-                counts.customers.plus(kind);
-                sync_store::save_progress(
-                    &mut tx,
-                    self.run.run_id,
-                    phase,
-                    next.as_deref(),
-                    None,
-                    &self.counts_json(&counts),
-                )
+            let lists = PageLists::Customers {
+                ids: &ids,
+                versions: &versions,
+            };
+            let page_counts = self
+                .write_page(&copies, lists, phase, next.as_deref())
                 .await?;
-                tx.commit().await?;
-                Ok::<_, sqlx::Error>(kind)
-            })
-            .retry(backoff::sync_database())
-            .when(is_transient)
-            .await?;
             self.counts.customers.plus(page_counts);
             self.progress
                 .listed("customers", self.counts.customers.seen, page.total_count);
@@ -414,30 +397,13 @@ impl Pass<'_> {
             } else {
                 "entitlements"
             };
-            let page_counts = (|| async {
-                let mut tx = self.pool.begin().await?;
-                let mut kind = Kind::default();
-                for copy in &copies {
-                    kind.add(merge::subscription(&mut tx, copy).await?);
-                }
-                sync_store::add_resources(&mut tx, self.run.run_id, &customers, &resources).await?;
-                let mut counts = self.counts;
-                counts.subscriptions.plus(kind);
-                sync_store::save_progress(
-                    &mut tx,
-                    self.run.run_id,
-                    phase,
-                    next.as_deref(),
-                    None,
-                    &self.counts_json(&counts),
-                )
+            let lists = PageLists::Resources {
+                customers: &customers,
+                resources: &resources,
+            };
+            let page_counts = self
+                .write_page(&copies, lists, phase, next.as_deref())
                 .await?;
-                tx.commit().await?;
-                Ok::<_, sqlx::Error>(kind)
-            })
-            .retry(backoff::sync_database())
-            .when(is_transient)
-            .await?;
             self.counts.subscriptions.plus(page_counts);
             self.progress.listed(
                 "subscriptions",
@@ -453,6 +419,45 @@ impl Pass<'_> {
                 }
             }
         }
+    }
+
+    /// Writes one listing page in one transaction: each copy, what the page adds to the
+    /// pass's lists, and the progress after it (so a resumed pass starts at the next page).
+    /// Returns the page's counts, for the kind the copies are of.
+    async fn write_page<C: merge::Listed>(
+        &self,
+        copies: &[C],
+        lists: PageLists<'_>,
+        phase: &str,
+        next: Option<&str>,
+    ) -> Result<Kind, SyncError> {
+        let run = self.run.run_id;
+        let page = (|| async {
+            let mut tx = self.pool.begin().await?;
+            let mut page = Kind::default();
+            for copy in copies {
+                page.add(copy.merge(&mut tx).await?);
+            }
+            match lists {
+                PageLists::Customers { ids, versions } => {
+                    sync_store::add_listed(&mut tx, run, ids, versions).await?
+                }
+                PageLists::Resources {
+                    customers,
+                    resources,
+                } => sync_store::add_resources(&mut tx, run, customers, resources).await?,
+            }
+            let mut counts = self.counts;
+            C::kind(&mut counts).plus(page);
+            let counts = self.counts_json(&counts);
+            sync_store::save_progress(&mut tx, run, phase, next, None, &counts).await?;
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(page)
+        })
+        .retry(backoff::sync_database())
+        .when(is_transient)
+        .await?;
+        Ok(page)
     }
 
     /// Reads the entitlement states in key order, a chunk at a time, `concurrency` at once;
@@ -590,6 +595,20 @@ impl Pass<'_> {
         }
         Ok(())
     }
+}
+
+/// What a listing page adds to the pass's lists: the customers listed (with their versions),
+/// or the (customer, resource) pairs its subscriptions name.
+#[derive(Clone, Copy)]
+enum PageLists<'p> {
+    Customers {
+        ids: &'p [String],
+        versions: &'p [Option<chrono::DateTime<chrono::Utc>>],
+    },
+    Resources {
+        customers: &'p [String],
+        resources: &'p [String],
+    },
 }
 
 /// The cursor of the next page, `None` after the last.
