@@ -41,16 +41,6 @@ async fn app_with_story(extra: &[&str]) -> (App, PgPool) {
     (app, pool)
 }
 
-async fn check(app: &App, body: Value) -> (u16, Value) {
-    let r = reqwest::Client::new()
-        .post(format!("{}/check-access", app.base))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.json().await.unwrap())
-}
-
 #[tokio::test]
 async fn decisions_for_every_kind_of_entitlement() {
     let (app, _pool) = app_with_story(&[]).await;

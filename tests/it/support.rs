@@ -168,6 +168,17 @@ pub async fn spawn_app(settings: Settings, pool: PgPool, roles: Roles) -> App {
     }
 }
 
+/// `POST /check-access` with `body` (no token): the status and the JSON answer.
+pub async fn check(app: &App, body: Value) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .post(format!("{}/check-access", app.base))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
 /// Polls `check` until it returns true (every 50 ms, at most `within`).
 pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
 where

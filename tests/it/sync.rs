@@ -494,16 +494,6 @@ async fn serve(pool: &PgPool, url: &str) -> App {
     spawn_app(settings(&["--database-url", url]), pool.clone(), HTTP_ONLY).await
 }
 
-async fn check(app: &App, body: Value) -> (u16, Value) {
-    let r = reqwest::Client::new()
-        .post(format!("{}/check-access", app.base))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.json().await.unwrap())
-}
-
 /// The `data` of a GraphQL answer that must have no errors.
 async fn gql(app: &App, query: &str, variables: Value) -> Value {
     let body: Value = reqwest::Client::new()
