@@ -44,11 +44,15 @@ fn micros(t: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
 
 /// A copy from a listing page: how it merges, and which count of the pass it adds to.
 pub trait Listed: Sync {
+    /// The listing's name, for progress.
+    const LIST: &'static str;
     fn merge<'c>(&'c self, conn: &'c mut PgConnection) -> BoxFuture<'c, sqlx::Result<Merge>>;
     fn kind(counts: &mut Counts) -> &mut Kind;
 }
 
 impl Listed for CustomerCopy {
+    const LIST: &'static str = "customers";
+
     fn merge<'c>(&'c self, conn: &'c mut PgConnection) -> BoxFuture<'c, sqlx::Result<Merge>> {
         Box::pin(customer(conn, self))
     }
@@ -59,6 +63,8 @@ impl Listed for CustomerCopy {
 }
 
 impl Listed for SubscriptionCopy {
+    const LIST: &'static str = "subscriptions";
+
     fn merge<'c>(&'c self, conn: &'c mut PgConnection) -> BoxFuture<'c, sqlx::Result<Merge>> {
         Box::pin(subscription(conn, self))
     }

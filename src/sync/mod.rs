@@ -348,19 +348,11 @@ impl Pass<'_> {
                 ids: &ids,
                 versions: &versions,
             };
-            let page_counts = self
-                .write_page(&copies, lists, phase, next.as_deref())
+            self.write_page(&copies, lists, phase, next.as_deref(), page.total_count)
                 .await?;
-            self.counts.customers.plus(page_counts);
-            self.progress
-                .listed("customers", self.counts.customers.seen, page.total_count);
             match next {
                 Some(n) => cursor = Some(n),
-                None => {
-                    self.run.phase = phase.into();
-                    self.run.cursor = None;
-                    return Ok(());
-                }
+                None => return Ok(()),
             }
         }
     }
@@ -401,36 +393,27 @@ impl Pass<'_> {
                 customers: &customers,
                 resources: &resources,
             };
-            let page_counts = self
-                .write_page(&copies, lists, phase, next.as_deref())
+            self.write_page(&copies, lists, phase, next.as_deref(), page.total_count)
                 .await?;
-            self.counts.subscriptions.plus(page_counts);
-            self.progress.listed(
-                "subscriptions",
-                self.counts.subscriptions.seen,
-                page.total_count,
-            );
             match next {
                 Some(n) => cursor = Some(n),
-                None => {
-                    self.run.phase = phase.into();
-                    self.run.cursor = None;
-                    return Ok(());
-                }
+                None => return Ok(()),
             }
         }
     }
 
     /// Writes one listing page in one transaction: each copy, what the page adds to the
-    /// pass's lists, and the progress after it (so a resumed pass starts at the next page).
-    /// Returns the page's counts, for the kind the copies are of.
+    /// pass's lists, and the progress after it (so a resumed pass starts at the next page);
+    /// then counts the page and reports progress. After the last page (`next` `None`), the
+    /// pass moves on to `phase`.
     async fn write_page<C: merge::Listed>(
-        &self,
+        &mut self,
         copies: &[C],
         lists: PageLists<'_>,
         phase: &str,
         next: Option<&str>,
-    ) -> Result<Kind, SyncError> {
+        total: Option<u64>,
+    ) -> Result<(), SyncError> {
         let run = self.run.run_id;
         let page = (|| async {
             let mut tx = self.pool.begin().await?;
@@ -457,7 +440,15 @@ impl Pass<'_> {
         .retry(backoff::sync_database())
         .when(is_transient)
         .await?;
-        Ok(page)
+        let kind = C::kind(&mut self.counts);
+        kind.plus(page);
+        let seen = kind.seen;
+        self.progress.listed(C::LIST, seen, total);
+        if next.is_none() {
+            self.run.phase = phase.into();
+            self.run.cursor = None;
+        }
+        Ok(())
     }
 
     /// Reads the entitlement states in key order, a chunk at a time, `concurrency` at once;
