@@ -18,9 +18,9 @@ pub mod graphql;
 pub mod health;
 pub mod http;
 pub mod processor;
+pub mod queue;
 pub mod reads;
 pub mod retention;
-pub mod sqs;
 pub mod store;
 pub mod sync;
 pub mod telemetry;
@@ -39,6 +39,7 @@ use crate::config::Settings;
 use crate::consumer::{Consumer, ConsumerConfig};
 use crate::health::Health;
 use crate::processor::Processor;
+use crate::queue::Queue;
 
 /// Which roles a process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,17 +64,18 @@ pub async fn run(
 
     if roles.worker {
         let cfg = ConsumerConfig {
-            queue_url: settings.queue_url()?.to_owned(),
-            dlq_url: settings.sqs_dlq_url.clone().filter(|s| !s.is_empty()),
             concurrency: settings.worker_concurrency as usize,
             wait_seconds: settings.sqs_wait_seconds as i32,
             visibility: settings.visibility_timeout(),
             max_receive_count: settings.max_receive_count,
         };
-        let sqs = sqs::client(&settings).await;
-        tasks.spawn(sqs::watch_depth(sqs.clone(), cfg.queue_url.clone(), shutdown.clone()).map(Ok));
-        let processor = Processor::new(pool.clone()).keep_order(sqs::is_fifo(&cfg.queue_url));
-        let consumer = Consumer::new(sqs, processor, cfg, health.clone());
+        let queue = Queue::connect(&settings, settings.queue_url()?).await;
+        let dead_letter_queue = (settings.sqs_dlq_url.as_deref())
+            .filter(|url| !url.is_empty())
+            .map(|url| queue.other(url));
+        tasks.spawn(queue.clone().watch_depth(shutdown.clone()).map(Ok));
+        let processor = Processor::new(pool.clone()).keep_order(queue.is_fifo());
+        let consumer = Consumer::new(queue, dead_letter_queue, processor, cfg, health.clone());
         let prune = retention::run(pool.clone(), settings.inbox_retention, shutdown.clone());
         tasks.spawn(async move {
             prune.await;

@@ -32,6 +32,7 @@ pub fn setup_tracing(format: LogFormat) {
 static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
 
 const APPLY_LAG: &str = "stigg_byos_apply_lag_seconds";
+const QUEUE_LAG: &str = "stigg_byos_queue_lag_seconds";
 
 /// The newest event time applied by this process, in milliseconds since the epoch (0: none).
 static NEWEST_EVENT_MS: AtomicI64 = AtomicI64::new(0);
@@ -62,6 +63,8 @@ pub fn prometheus() -> &'static PrometheusHandle {
             .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)
             .expect("valid buckets")
             .set_buckets_for_metric(Matcher::Full(APPLY_LAG.into()), &lag)
+            .expect("valid buckets")
+            .set_buckets_for_metric(Matcher::Full(QUEUE_LAG.into()), &QUEUE_LAG_BUCKETS)
             .expect("valid buckets")
             .build_recorder();
         let handle = recorder.handle();
@@ -95,6 +98,10 @@ fn describe() {
     metrics::describe_histogram!(
         APPLY_LAG,
         "Time from an applied event's own time to the commit of its change"
+    );
+    metrics::describe_histogram!(
+        QUEUE_LAG,
+        "Time from a message's arrival in SQS (SentTimestamp) to the commit of its event"
     );
     metrics::describe_gauge!(
         "stigg_byos_newest_event_timestamp_seconds",
@@ -132,6 +139,20 @@ fn describe() {
         "stigg_byos_sync_pruned_total",
         "Customers a sync pass made tombstones (kind=customers)"
     );
+}
+
+/// The buckets of `stigg_byos_queue_lag_seconds`: fine where a live worker is (tens to
+/// hundreds of milliseconds), coarse up to a day for a drained backlog.
+pub const QUEUE_LAG_BUCKETS: [f64; 22] = [
+    0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0,
+    10.0, 60.0, 600.0, 3600.0, 86400.0,
+];
+
+/// A message's event committed (applied, or found a duplicate or stale): the time since SQS
+/// took the message.
+pub fn queue_lag(sent: std::time::SystemTime) {
+    let lag = sent.elapsed().unwrap_or_default();
+    metrics::histogram!(QUEUE_LAG).record(lag.as_secs_f64());
 }
 
 /// An event's change committed: its lag, and the newest event time seen.

@@ -1,7 +1,6 @@
 //! The SQS client: standard AWS configuration (region, endpoint, credentials chain), or
 //! short-lived queue credentials from Stigg's Edge API when a server API key is set (§1).
 
-use std::borrow::Cow;
 use std::time::{Duration, SystemTime};
 
 use aws_config::{BehaviorVersion, Region};
@@ -9,7 +8,6 @@ use aws_credential_types::provider::{self, error::CredentialsError, future, Prov
 use aws_credential_types::Credentials;
 use backon::Retryable;
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
 use crate::config::Settings;
 
@@ -30,66 +28,6 @@ pub async fn client(settings: &Settings) -> aws_sdk_sqs::Client {
             loader.credentials_provider(EdgeCredentials::new(&settings.stigg_edge_url, key, queue));
     }
     aws_sdk_sqs::Client::new(&loader.load().await)
-}
-
-/// How often the queue's approximate depth is read for `/metrics`.
-pub const DEPTH_EVERY: Duration = Duration::from_secs(15);
-
-/// Reads the queue's approximate depth (visible, in flight, delayed) every [`DEPTH_EVERY`]
-/// until `shutdown`, for `/metrics`. A failed read is logged and skipped.
-pub async fn watch_depth(
-    sqs: aws_sdk_sqs::Client,
-    queue_url: String,
-    shutdown: tokio_util::sync::CancellationToken,
-) {
-    use aws_sdk_sqs::types::QueueAttributeName as A;
-    let mut tick = tokio::time::interval(DEPTH_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            () = shutdown.cancelled() => return,
-        }
-        let read = sqs
-            .get_queue_attributes()
-            .queue_url(&queue_url)
-            .attribute_names(A::ApproximateNumberOfMessages)
-            .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
-            .attribute_names(A::ApproximateNumberOfMessagesDelayed)
-            .send()
-            .await;
-        match read {
-            Ok(out) => {
-                let attrs = out.attributes.unwrap_or_default();
-                let get = |k: A| attrs.get(&k).and_then(|v| v.parse::<f64>().ok());
-                crate::telemetry::queue_depth(
-                    get(A::ApproximateNumberOfMessages),
-                    get(A::ApproximateNumberOfMessagesNotVisible),
-                    get(A::ApproximateNumberOfMessagesDelayed),
-                );
-            }
-            Err(e) => {
-                tracing::debug!(error = %aws_sdk_sqs::Error::from(e), "reading the queue depth failed")
-            }
-        }
-    }
-}
-
-/// A queue URL ending in `.fifo` is a FIFO queue (§1).
-pub fn is_fifo(queue_url: &str) -> bool {
-    queue_url.trim_end_matches('/').ends_with(".fifo")
-}
-
-/// The `MessageDeduplicationId` of a message sent to a FIFO queue: its deduplication key when
-/// SQS takes it as one (1 to 128 printable ASCII characters), else the key's SHA-256 in hex.
-/// Cutting the key at 128 bytes could fall inside a character (a panic) and would give keys
-/// sharing their first 128 bytes one id (SQS would drop all but the first).
-pub fn dedup_id(key: &str) -> Cow<'_, str> {
-    if (1..=128).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic()) {
-        Cow::Borrowed(key)
-    } else {
-        Cow::Owned(hex::encode(Sha256::digest(key.as_bytes())))
-    }
 }
 
 /// `https://sqs.eu-west-1.amazonaws.com/123/q` → `eu-west-1`.
@@ -227,20 +165,5 @@ mod tests {
             region_from_queue_url("http://127.0.0.1:4566/000000000000/q"),
             None
         );
-    }
-
-    #[test]
-    fn dedup_ids_are_what_sqs_accepts_for_any_key() {
-        let accepted =
-            |id: &str| (1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_graphic());
-        assert_eq!(dedup_id("msg-1:a/b"), "msg-1:a/b");
-        let long_multi_byte = format!("k{}", "é".repeat(100)); // byte 128 inside a 'é'
-        let long_ascii = "k".repeat(200);
-        for key in [long_multi_byte.as_str(), &long_ascii, "é", "a b", ""] {
-            let id = dedup_id(key);
-            assert!(accepted(&id), "{key:?} gave {id:?}");
-        }
-        // distinct keys keep distinct ids, even when they share their first 128 bytes
-        assert_ne!(dedup_id(&long_ascii), dedup_id(&"k".repeat(201)));
     }
 }
