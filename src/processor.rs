@@ -1,7 +1,7 @@
 //! Runs parsed events through [`crate::apply`] in batches: one transaction per batch (fast),
 //! falling back to one transaction per event when an event fails for a reason that is not
 //! transient, so one bad event never rolls back the others. Transient database failures are
-//! reported to the caller, which retries (see [`is_transient`]).
+//! reported to the caller, which retries (see [`crate::store::is_transient`]).
 
 use std::time::Instant;
 
@@ -9,6 +9,7 @@ use sqlx::PgPool;
 
 use crate::apply::{self, Outcome};
 use crate::events::ParsedEvent;
+use crate::store::is_transient;
 use crate::telemetry;
 
 /// The per-event result of a batch: the outcome, or why it failed (not transiently).
@@ -17,27 +18,6 @@ pub type EventResult = Result<Outcome, String>;
 #[derive(Debug, thiserror::Error)]
 #[error("transient database failure: {0}")]
 pub struct Transient(#[source] pub sqlx::Error);
-
-/// Transient versus permanent, decided here and nowhere else: connection trouble,
-/// serialization failures, deadlocks, lock time-outs and server shutdown are worth retrying.
-pub fn is_transient(err: &sqlx::Error) -> bool {
-    match err {
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed
-        | sqlx::Error::Protocol(_) => true,
-        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            let code = code.as_ref();
-            code.starts_with("08") // connection exception
-                || code.starts_with("53") // insufficient resources
-                || code.starts_with("57P") // operator intervention (shutdown)
-                || matches!(code, "40001" | "40P01" | "55P03")
-        }),
-        _ => false,
-    }
-}
 
 #[derive(Clone)]
 pub struct Processor {
@@ -143,19 +123,5 @@ impl Processor {
             }
         }
         Ok(results)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::is_transient;
-    use crate::store::Contention;
-
-    #[test]
-    fn contention_is_transient_and_a_refusal_is_not() {
-        assert!(is_transient(&Contention("row kept changing").into()));
-        assert!(is_transient(&sqlx::Error::PoolTimedOut));
-        assert!(!is_transient(&sqlx::Error::RowNotFound));
-        assert!(!is_transient(&sqlx::Error::ColumnNotFound("x".into())));
     }
 }

@@ -298,7 +298,7 @@ impl Consumer {
         loop {
             match store::record_dead_letter(self.processor.pool(), letter).await {
                 Ok(()) => break,
-                Err(e) if crate::processor::is_transient(&e) && !shutdown.is_cancelled() => {
+                Err(e) if store::is_transient(&e) && !shutdown.is_cancelled() => {
                     self.health.set_database_ok(false);
                     let wait = backoff.next().unwrap_or(Duration::from_secs(3));
                     warn!(error = %e, "cannot record dead letter yet; retrying");

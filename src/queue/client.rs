@@ -111,9 +111,11 @@ impl EdgeCredentials {
             .json()
             .await
             .map_err(|e| EdgeError::Fatal(format!("Edge API answer unreadable: {e}")))?;
-        let expiry = crate::events::parse_time(&serde_json::Value::String(answer.expiration))
-            .map_err(EdgeError::Fatal)?
-            .ok_or_else(|| EdgeError::Fatal("Edge API answer has no expiration".into()))?;
+        let expiry = chrono::DateTime::parse_from_rfc3339(&answer.expiration)
+            .map_err(|e| {
+                EdgeError::Fatal(format!("Edge API expiration {:?}: {e}", answer.expiration))
+            })?
+            .with_timezone(&chrono::Utc);
         tracing::info!(expires = %expiry, "fetched queue credentials from Stigg's Edge API");
         Ok(Credentials::new(
             answer.access_key_id,

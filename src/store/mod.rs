@@ -12,11 +12,32 @@ use sqlx::PgPool;
 
 pub mod sync;
 
+/// Transient versus permanent, decided here and nowhere else (the
+/// worker, sync, dead letters and start-up all ask it): connection trouble,
+/// serialization failures, deadlocks, lock time-outs and server shutdown are worth retrying.
+pub fn is_transient(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            let code = code.as_ref();
+            code.starts_with("08") // connection exception
+                || code.starts_with("53") // insufficient resources
+                || code.starts_with("57P") // operator intervention (shutdown)
+                || matches!(code, "40001" | "40P01" | "55P03")
+        }),
+        _ => false,
+    }
+}
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// "Contention, retry": a write found its row changing under it too often. It travels as a
 /// database error with SQLSTATE 40001 (serialization failure), so the one transient/permanent
-/// classifier ([`crate::processor::is_transient`]) retries it as it retries PostgreSQL's own.
+/// classifier ([`is_transient`]) retries it as it retries PostgreSQL's own.
 #[derive(Debug, thiserror::Error)]
 #[error("contention: {0}")]
 pub struct Contention(pub &'static str);
@@ -71,3 +92,16 @@ pub use dead_letters::*;
 pub use inbox::*;
 pub use pool::{connect_and_migrate, connect_options, pool};
 pub use subscriptions::*;
+
+#[cfg(test)]
+mod tests {
+    use super::{is_transient, Contention};
+
+    #[test]
+    fn contention_is_transient_and_a_refusal_is_not() {
+        assert!(is_transient(&Contention("row kept changing").into()));
+        assert!(is_transient(&sqlx::Error::PoolTimedOut));
+        assert!(!is_transient(&sqlx::Error::RowNotFound));
+        assert!(!is_transient(&sqlx::Error::ColumnNotFound("x".into())));
+    }
+}

@@ -9,7 +9,6 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
 use sqlx::PgPool;
 
 use crate::config::Settings;
-use crate::processor;
 
 /// Opens the pool. Connections are made on demand, so a process starts (and `/readyz` says
 /// 503) while the database is down.
@@ -63,7 +62,7 @@ pub async fn connect_and_migrate(
         match super::migrate(&pool).await {
             Ok(()) => return Ok(pool),
             Err(sqlx::migrate::MigrateError::Execute(e))
-                if processor::is_transient(&e) && tokio::time::Instant::now() < deadline =>
+                if super::is_transient(&e) && tokio::time::Instant::now() < deadline =>
             {
                 tracing::warn!(error = %e, "database not reachable yet; retrying migrations");
                 tokio::time::sleep(Duration::from_millis(500)).await;

@@ -26,7 +26,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff;
-use crate::processor::is_transient;
+use crate::store::is_transient;
 use crate::store::{self, sync as sync_store};
 use api::{ApiError, StiggApi};
 use merge::{Merge, StateMerge};
