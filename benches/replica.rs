@@ -18,10 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
-use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, SendMessageBatchRequestEntry};
+use aws_sdk_sqs::types::DeleteMessageBatchRequestEntry;
 use clap::Parser;
-use futures::{StreamExt, TryStreamExt};
 use rand::rngs::{SmallRng, StdRng};
 use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{Rng, SeedableRng};
@@ -31,6 +29,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
+// shared with tests/it, which uses the rest of it
+#[allow(dead_code)]
+#[path = "../tests/shared/sqs.rs"]
+mod sqs;
 #[path = "replica/sync.rs"]
 mod sync;
 
@@ -231,7 +233,7 @@ async fn main() -> Result<()> {
     std::fs::create_dir_all(&logs)?;
     let env = Arc::new(Env {
         admin_url: args.admin_url.clone(),
-        sqs: sqs_client(&args.sqs_endpoint),
+        sqs: sqs::client(&args.sqs_endpoint),
         sqs_endpoint: args.sqs_endpoint.clone(),
         bin,
         logs,
@@ -416,15 +418,8 @@ impl Env {
     }
 
     async fn fresh_queue(&self) -> Result<String> {
-        let url = self
-            .sqs
-            .create_queue()
-            .queue_name(format!("bench-{}", random_suffix()))
-            .send()
-            .await
-            .context("create queue")?
-            .queue_url
-            .context("queue url")?;
+        let url =
+            sqs::create_queue(&self.sqs, &format!("bench-{}", random_suffix()), false).await?;
         self.queues.lock().unwrap().push(url.clone());
         Ok(url)
     }
@@ -474,74 +469,6 @@ async fn cleanup(env: &Env, keep: bool) {
             }
         }
     }
-}
-
-fn sqs_client(endpoint: &str) -> aws_sdk_sqs::Client {
-    let conf = aws_sdk_sqs::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .endpoint_url(endpoint)
-        .credentials_provider(Credentials::new("test", "test", None, None, "bench"))
-        .build();
-    aws_sdk_sqs::Client::from_conf(conf)
-}
-
-/// Sends every body (10 a batch, 32 batches at once). Not timed.
-async fn preload(sqs: &aws_sdk_sqs::Client, queue: &str, bodies: &[String]) -> Result<()> {
-    futures::stream::iter(bodies.chunks(10))
-        .map(|chunk| {
-            let sqs = sqs.clone();
-            async move {
-                let entries = chunk
-                    .iter()
-                    .enumerate()
-                    .map(|(i, b)| {
-                        SendMessageBatchRequestEntry::builder()
-                            .id(i.to_string())
-                            .message_body(b)
-                            .build()
-                            .map_err(anyhow::Error::from)
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                let out = sqs
-                    .send_message_batch()
-                    .queue_url(queue)
-                    .set_entries(Some(entries))
-                    .send()
-                    .await
-                    .map_err(aws_sdk_sqs::Error::from)?;
-                if let Some(f) = out.failed.first() {
-                    bail!("send refused: {:?}", f.message);
-                }
-                Ok(())
-            }
-        })
-        .buffer_unordered(32)
-        .try_collect::<Vec<()>>()
-        .await?;
-    Ok(())
-}
-
-/// Messages visible plus in flight.
-async fn queue_depth(sqs: &aws_sdk_sqs::Client, queue: &str) -> Result<u64> {
-    use aws_sdk_sqs::types::QueueAttributeName as A;
-    let attrs = sqs
-        .get_queue_attributes()
-        .queue_url(queue)
-        .attribute_names(A::ApproximateNumberOfMessages)
-        .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
-        .send()
-        .await
-        .map_err(aws_sdk_sqs::Error::from)?
-        .attributes
-        .unwrap_or_default();
-    let get = |k: A| {
-        attrs
-            .get(&k)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    Ok(get(A::ApproximateNumberOfMessages) + get(A::ApproximateNumberOfMessagesNotVisible))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1335,7 +1262,7 @@ async fn sqs_path(
     let (db_url, pool) = env.fresh_database().await?;
     let queue = env.fresh_queue().await?;
     let t = Instant::now();
-    preload(&env.sqs, &queue, &g.bodies).await?;
+    sqs::preload(&env.sqs, &queue, &g.bodies).await?;
     note(format!(
         "pre-loaded the queue in {:.1} s (not timed)",
         t.elapsed().as_secs_f64()
@@ -1367,7 +1294,7 @@ async fn sqs_path(
         let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM inbox")
             .fetch_one(&pool)
             .await?;
-        if applied as usize >= g.distinct && queue_depth(&env.sqs, &queue).await? == 0 {
+        if applied as usize >= g.distinct && sqs::queue_depth(&env.sqs, &queue).await? == (0, 0) {
             break started.elapsed();
         }
         if last_report.elapsed() > Duration::from_secs(10) {
@@ -1408,7 +1335,7 @@ async fn sqs_path(
 
     // raw drain: the same number of messages, receive 10 + DeleteMessageBatch, no processing
     let queue = env.fresh_queue().await?;
-    preload(&env.sqs, &queue, &g.bodies).await?;
+    sqs::preload(&env.sqs, &queue, &g.bodies).await?;
     let loops = concurrency as usize;
     let cpu0 = cpu_snapshot(None);
     let raw = raw_drain(&env.sqs, &queue, n, loops).await?;
