@@ -1,5 +1,5 @@
 //! SQS helpers shared by the integration tests (`tests/it/support.rs`) and the benchmark
-//! (`benches/replica.rs`), which both include this one file with `#[path = "…"] mod sqs;`:
+//! (`benches/replica/main.rs`), which both include this one file with `#[path = "…"] mod sqs;`:
 //! a client for the emulator (LocalStack), a fresh queue, sending one message or pre-loading
 //! many, and a queue's depth. Each includer uses only part of it.
 

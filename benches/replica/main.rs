@@ -31,9 +31,8 @@ use tokio::process::{Child, Command};
 
 // shared with tests/it, which uses the rest of it
 #[allow(dead_code)]
-#[path = "../tests/shared/sqs.rs"]
+#[path = "../../tests/shared/sqs.rs"]
 mod sqs;
-#[path = "replica/sync.rs"]
 mod sync;
 
 // ---------------------------------------------------------------------------------------------
