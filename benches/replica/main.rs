@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -27,11 +27,13 @@ use serde_json::{json, Value};
 use sqlx::{Connection, PgPool};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
+use harness::{cleanup, stop, Env};
 use plan::{Args, Plan};
 
 // shared with tests/it, which uses the rest of it
+mod harness;
 mod plan;
 #[allow(dead_code)]
 #[path = "../../tests/shared/sqs.rs"]
@@ -107,42 +109,11 @@ fn section(msg: &str) {
 // Main
 // ---------------------------------------------------------------------------------------------
 
-struct Env {
-    admin_url: String,
-    sqs: aws_sdk_sqs::Client,
-    sqs_endpoint: String,
-    bin: PathBuf,
-    logs: PathBuf,
-    databases: Mutex<Vec<String>>,
-    queues: Mutex<Vec<String>>,
-}
-
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
     let plan = Plan::new(&args)?;
-    let bin = args
-        .bin
-        .clone()
-        .or_else(|| option_env!("CARGO_BIN_EXE_stigg-byos").map(PathBuf::from))
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/stigg-byos"));
-    if !bin.exists() {
-        bail!(
-            "{} does not exist: run `cargo build --release` first",
-            bin.display()
-        );
-    }
-    let logs = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
-    std::fs::create_dir_all(&logs)?;
-    let env = Arc::new(Env {
-        admin_url: args.admin_url.clone(),
-        sqs: sqs::client(&args.sqs_endpoint),
-        sqs_endpoint: args.sqs_endpoint.clone(),
-        bin,
-        logs,
-        databases: Mutex::new(Vec::new()),
-        queues: Mutex::new(Vec::new()),
-    });
+    let env = Arc::new(Env::new(&args)?);
 
     print_machine();
     println!(
@@ -282,99 +253,6 @@ fn print_machine() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Databases and queues
-// ---------------------------------------------------------------------------------------------
-
-fn random_suffix() -> String {
-    let n: u64 = rand::rng().random();
-    format!("{n:016x}")
-}
-
-impl Env {
-    /// A new database with the migrations applied; returns its URL and a pool on it.
-    async fn fresh_database(&self) -> Result<(String, PgPool)> {
-        let name = format!("bench_{}", random_suffix());
-        let mut conn = sqlx::PgConnection::connect(&self.admin_url).await?;
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut conn)
-            .await
-            .context("CREATE DATABASE")?;
-        conn.close().await?;
-        self.databases.lock().unwrap().push(name.clone());
-        // same URL with the database replaced; a query string (`?sslmode=disable`) is kept
-        let (path, query) = match self.admin_url.split_once('?') {
-            Some((p, q)) => (p, format!("?{q}")),
-            None => (self.admin_url.as_str(), String::new()),
-        };
-        let base = path
-            .rsplit_once('/')
-            .context("admin URL has no database")?
-            .0;
-        let url = format!("{base}/{name}{query}");
-        let options: sqlx::postgres::PgConnectOptions = url.parse()?;
-        let pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(4)
-            .connect_with(options.application_name("bench"))
-            .await?;
-        stigg_byos::store::migrate(&pool).await?;
-        Ok((url, pool))
-    }
-
-    async fn fresh_queue(&self) -> Result<String> {
-        let url =
-            sqs::create_queue(&self.sqs, &format!("bench-{}", random_suffix()), false).await?;
-        self.queues.lock().unwrap().push(url.clone());
-        Ok(url)
-    }
-
-    async fn delete_queue(&self, url: &str) {
-        let _ = self.sqs.delete_queue().queue_url(url).send().await;
-        self.queues.lock().unwrap().retain(|q| q != url);
-    }
-
-    /// Environment of every stigg-byos child: only what the bench sets, plus PATH / RUST_LOG.
-    fn command(&self, args: &[&str], log: &str) -> Result<Command> {
-        let mut cmd = Command::new(&self.bin);
-        cmd.args(args)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(self.logs.join(log))?)
-            .kill_on_drop(true);
-        Ok(cmd)
-    }
-}
-
-async fn cleanup(env: &Env, keep: bool) {
-    let queues: Vec<String> = env.queues.lock().unwrap().clone();
-    for q in queues {
-        env.delete_queue(&q).await;
-    }
-    let dbs: Vec<String> = env.databases.lock().unwrap().drain(..).collect();
-    if keep {
-        for d in &dbs {
-            note(format!("kept database {d}"));
-        }
-        return;
-    }
-    if let Ok(mut conn) = sqlx::PgConnection::connect(&env.admin_url).await {
-        for d in dbs {
-            if let Err(e) = sqlx::query(&format!("DROP DATABASE IF EXISTS {d} WITH (FORCE)"))
-                .execute(&mut conn)
-                .await
-            {
-                eprintln!("dropping {d}: {e}");
-            }
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // Processes: memory, CPU, signals
 // ---------------------------------------------------------------------------------------------
 
@@ -401,24 +279,6 @@ fn rss_mib(pid: u32) -> Option<f64> {
         .parse()
         .ok()?;
     Some(kib / 1024.0)
-}
-
-fn sigterm(child: &Child) {
-    if let Some(pid) = child.id() {
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status();
-    }
-}
-
-async fn stop(mut child: Child) {
-    sigterm(&child);
-    if tokio::time::timeout(Duration::from_secs(40), child.wait())
-        .await
-        .is_err()
-    {
-        let _ = child.kill().await;
-    }
 }
 
 /// CPU time (clock ticks) by who spent it, read from /proc.
