@@ -28,6 +28,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::Child;
 
+use digest::{fingerprint, inbox_summary};
 use events::{
     customer_id, generate, iso, Feature, Generated, FEATURES, PERIOD_ANCHOR, PERIOD_END,
     PERIOD_START, T0_MS,
@@ -39,6 +40,7 @@ use sampling::{
     TICKS,
 };
 
+mod digest;
 mod events;
 mod harness;
 mod plan;
@@ -232,43 +234,6 @@ async fn run_all(env: &Arc<Env>, plan: &Plan, table: &mut Table) -> Result<()> {
         sync::sync_path(env, plan, table).await?;
     }
     Ok(())
-}
-
-/// A digest of the replicated state, to compare runs of the same events.
-async fn fingerprint(pool: &PgPool) -> Result<String> {
-    let digest: String = sqlx::query_scalar(
-        "SELECT md5(coalesce(string_agg(x, ',' ORDER BY x), '')) FROM (
-           SELECT 'u:' || customer_id || '/' || resource_key || '/' || feature_id || '='
-                  || current_usage::text || '@' || coalesce(version::text, '') AS x FROM usage
-           UNION ALL
-           SELECT 'e:' || customer_id || '/' || resource_key || '@' || coalesce(version::text, '')
-                  || ':' || (SELECT count(*) FROM entitlements e WHERE e.customer_id = s.customer_id
-                                AND e.resource_key = s.resource_key)::text
-           FROM entitlement_sets s
-           UNION ALL
-           SELECT 's:' || subscription_id || '=' || coalesce(status, '') || '@'
-                  || coalesce(version::text, '') FROM subscriptions
-           UNION ALL
-           SELECT 'c:' || customer_id || '=' || coalesce(name, '') || '/' || is_deleted::text
-                  || '@' || coalesce(version::text, '') FROM customers
-         ) t",
-    )
-    .fetch_one(pool)
-    .await?;
-    Ok(digest)
-}
-
-async fn inbox_summary(pool: &PgPool) -> Result<String> {
-    let rows: Vec<(String, i64)> =
-        sqlx::query_as("SELECT outcome, count(*) FROM inbox GROUP BY 1 ORDER BY 1")
-            .fetch_all(pool)
-            .await?;
-    let dead: i64 = sqlx::query_scalar("SELECT count(*) FROM dead_letters")
-        .fetch_one(pool)
-        .await?;
-    let mut parts: Vec<String> = rows.iter().map(|(o, n)| format!("{o} {n}")).collect();
-    parts.push(format!("dead letters {dead}"));
-    Ok(parts.join(", "))
 }
 
 /// Lines of a child's log that mention retries or failures.
