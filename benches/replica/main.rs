@@ -10,7 +10,6 @@
 //! whether or not the targets are met; it is non-zero only when the benchmark itself broke.
 
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,10 +21,9 @@ use serde_json::{json, Value};
 use sqlx::{Connection, PgPool};
 use tokio::process::Child;
 
-use digest::{fingerprint, inbox_summary};
+use apply_path::apply_path;
 use events::{
-    customer_id, generate, iso, Feature, Generated, FEATURES, PERIOD_ANCHOR, PERIOD_END,
-    PERIOD_START, T0_MS,
+    customer_id, generate, iso, Feature, FEATURES, PERIOD_ANCHOR, PERIOD_END, PERIOD_START, T0_MS,
 };
 use harness::{cleanup, stop, Env};
 use http_load::{load, post, Http};
@@ -36,6 +34,7 @@ use sampling::{
 };
 use sqs_path::sqs_path;
 
+mod apply_path;
 mod digest;
 mod events;
 mod harness;
@@ -231,75 +230,6 @@ async fn run_all(env: &Arc<Env>, plan: &Plan, table: &mut Table) -> Result<()> {
     if plan.runs("sync") {
         sync::sync_path(env, plan, table).await?;
     }
-    Ok(())
-}
-
-// ---------------------------------------------------------------------------------------------
-// Apply path
-// ---------------------------------------------------------------------------------------------
-
-async fn apply_path(
-    env: &Arc<Env>,
-    g: &Generated,
-    table: &mut Table,
-    fingerprints: &mut Vec<(String, String)>,
-) -> Result<()> {
-    section(&format!(
-        "Apply path: {} events through `ingest`",
-        g.bodies.len()
-    ));
-    let (db_url, pool) = env.fresh_database().await?;
-    let file = tempfile::Builder::new()
-        .prefix("bench-events-")
-        .suffix(".jsonl")
-        .tempfile()?;
-    {
-        use std::io::Write;
-        let mut w = std::io::BufWriter::new(file.as_file());
-        for b in &g.bodies {
-            w.write_all(b.as_bytes())?;
-            w.write_all(b"\n")?;
-        }
-        w.flush()?;
-    }
-    let path = file.path().to_string_lossy().into_owned();
-    let mut cmd = env.command(&["ingest", &path], "ingest.log")?;
-    cmd.env("DATABASE_URL", &db_url).stdout(Stdio::piped());
-    let sampler = Sampler::start(pool.clone());
-    let cpu0 = cpu_snapshot(None);
-    let started = Instant::now();
-    let child = cmd.spawn().context("spawning ingest")?;
-    let out = child.wait_with_output().await?;
-    let elapsed = started.elapsed();
-    let activity = sampler.finish().await;
-    // let PostgreSQL reap the ingest's backend, whose CPU time then shows in the postmaster's
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let cpu1 = cpu_snapshot(None);
-    if !out.status.success() {
-        bail!(
-            "ingest failed ({}); see {}",
-            out.status,
-            env.logs.join("ingest.log").display()
-        );
-    }
-    let rate = g.bodies.len() as f64 / elapsed.as_secs_f64();
-    note(format!(
-        "ingest: {} events in {:.2} s = {rate:.0} events/s; {}",
-        g.bodies.len(),
-        elapsed.as_secs_f64(),
-        String::from_utf8_lossy(&out.stdout).trim()
-    ));
-    note(cpu_line_over(&cpu0, &cpu1, "ingest", Some(elapsed)));
-    note(format!("ingest: {activity}"));
-    note(format!("inbox: {}", inbox_summary(&pool).await?));
-    fingerprints.push(("ingest".into(), fingerprint(&pool).await?));
-    pool.close().await;
-    table.row(
-        "apply path (ingest)",
-        format!("{rate:.0} ev/s"),
-        ">= 5000 ev/s",
-        Some(rate >= 5000.0),
-    );
     Ok(())
 }
 
