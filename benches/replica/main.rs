@@ -13,13 +13,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Parser;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use sqlx::{Connection, PgPool};
-use tokio::process::Child;
 
 use apply_path::apply_path;
 use events::{
@@ -33,6 +32,7 @@ use sampling::{
     TICKS,
 };
 use sqs_path::sqs_path;
+use startup::{free_port, spawn_server, startup, wait_ready};
 
 mod apply_path;
 mod digest;
@@ -42,6 +42,7 @@ mod http_load;
 mod plan;
 mod sampling;
 mod sqs_path;
+mod startup;
 mod sync;
 
 // The SQS helpers, shared with tests/it (which uses the rest of them).
@@ -338,39 +339,6 @@ fn graphql_body(rng: &mut SmallRng, customers: usize) -> String {
     .to_string()
 }
 
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-fn spawn_server(env: &Env, db_url: &str, port: u16, log: &str) -> Result<Child> {
-    let mut cmd = env.command(&["serve"], log)?;
-    cmd.env("DATABASE_URL", db_url)
-        .env("HTTP_ADDR", format!("127.0.0.1:{port}"));
-    cmd.spawn().context("spawning the server")
-}
-
-/// Polls `/readyz` (a new connection each time, every millisecond) until it answers 200.
-async fn wait_ready(addr: SocketAddr, child: &mut Child, within: Duration) -> Result<()> {
-    let started = Instant::now();
-    let request = b"GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
-    loop {
-        if let Ok(mut c) = Http::connect(addr).await {
-            if let Ok(200) = c.roundtrip(request).await {
-                return Ok(());
-            }
-        }
-        if let Some(status) = child.try_wait()? {
-            bail!("the server exited ({status}) before it was ready");
-        }
-        if started.elapsed() > within {
-            bail!("/readyz did not answer 200 within {within:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-}
-
 async fn access_path(env: &Arc<Env>, plan: &Plan, table: &mut Table) -> Result<()> {
     section(&format!(
         "Access path: {} customers × 8 features",
@@ -389,35 +357,7 @@ async fn access_path(env: &Arc<Env>, plan: &Plan, table: &mut Table) -> Result<(
     ));
 
     if plan.runs("startup") {
-        section("Start-up: spawn `serve` on a migrated database until the first /readyz 200");
-        let mut times = Vec::new();
-        for i in 0..5 {
-            let port = free_port()?;
-            let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-            let started = Instant::now();
-            let mut child = spawn_server(env, &db_url, port, "startup.log")?;
-            wait_ready(addr, &mut child, Duration::from_secs(30)).await?;
-            let ms = started.elapsed().as_secs_f64() * 1000.0;
-            let rss = child.id().and_then(rss_mib).unwrap_or(f64::NAN);
-            note(format!(
-                "run {}: {ms:.1} ms (RSS when ready {rss:.1} MiB)",
-                i + 1
-            ));
-            times.push(ms);
-            stop(child).await;
-        }
-        times.sort_by(f64::total_cmp);
-        let best = times[0];
-        note(format!(
-            "best {best:.1} ms, median {:.1} ms",
-            times[times.len() / 2]
-        ));
-        table.row(
-            "start-up to /readyz 200 (best of 5)",
-            format!("{best:.0} ms"),
-            "<= 300 ms",
-            Some(best <= 300.0),
-        );
+        startup(env, &db_url, table).await?;
     }
 
     if !(plan.runs("access") || plan.runs("graphql")) {
