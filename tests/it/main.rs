@@ -6,10 +6,10 @@ mod consumer;
 mod faults;
 mod graphql;
 mod http;
-// shared with the benchmark, which uses the rest of it
-#[allow(dead_code)]
-#[path = "../shared/sqs.rs"]
-mod sqs;
 mod stigg_fake;
 mod support;
 mod sync;
+
+// The SQS helpers, shared with the benchmark.
+#[path = "../shared/sqs.rs"]
+mod sqs;

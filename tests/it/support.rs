@@ -69,6 +69,13 @@ pub async fn send(sqs: &aws_sdk_sqs::Client, queue: &str, body: &str) -> String 
     crate::sqs::send(sqs, queue, body).await.expect("send")
 }
 
+/// Sends every body, 10 a batch.
+pub async fn preload(sqs: &aws_sdk_sqs::Client, queue: &str, bodies: &[String]) {
+    crate::sqs::preload(sqs, queue, bodies)
+        .await
+        .expect("preload")
+}
+
 /// Messages visible and messages in flight.
 pub async fn queue_depth(sqs: &aws_sdk_sqs::Client, queue: &str) -> (u64, u64) {
     crate::sqs::queue_depth(sqs, queue)
