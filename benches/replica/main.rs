@@ -44,7 +44,7 @@ mod sqs_path;
 mod startup;
 mod sync;
 
-// The SQS helpers, shared with tests/it (which uses the rest of them).
+// The SQS helpers, shared with tests/it (the bench uses all but `send`).
 #[allow(dead_code)]
 #[path = "../../tests/shared/sqs.rs"]
 mod sqs;

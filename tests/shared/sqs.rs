@@ -1,7 +1,7 @@
 //! SQS helpers shared by the integration tests (`tests/it/support.rs`) and the benchmark
 //! (`benches/replica/main.rs`), which both include this one file with `#[path = "…"] mod sqs;`:
 //! a client for the emulator (LocalStack), a fresh queue, sending one message or pre-loading
-//! many, and a queue's depth. Each includer uses only part of it.
+//! many, and a queue's depth. The bench uses all but `send`.
 
 use anyhow::{bail, Context, Result};
 use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
