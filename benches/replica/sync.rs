@@ -28,10 +28,13 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 use stigg_byos::sync::api::PAGE_SIZE;
 
-use super::{
-    cpu_line_over, cpu_snapshot, customer_id, iso, note, peak_rss_mib, section, Cpu, Env, Feature,
-    Plan, Sampler, Table, FEATURES, PERIOD_ANCHOR, PERIOD_END, PERIOD_START, T0_MS, TICKS,
+use super::events::{
+    customer_id, iso, Feature, FEATURES, PERIOD_ANCHOR, PERIOD_END, PERIOD_START, T0_MS,
 };
+use super::harness::Env;
+use super::plan::Plan;
+use super::sampling::{cpu_line_over, cpu_snapshot, peak_rss_mib, Cpu, Sampler, TICKS};
+use super::{note, section, Table};
 
 /// The server API key the fake accepts.
 const KEY: &str = "bench-server-key";

@@ -405,27 +405,15 @@ async fn sigterm_drains_and_exits_zero_and_a_restart_loses_nothing() {
     let sqs = sqs().await;
     let queue = fresh_queue(&sqs, false).await;
     let n = 300;
-    for chunk in (0..n).collect::<Vec<_>>().chunks(10) {
-        let entries: Vec<_> = chunk
-            .iter()
-            .map(|i| {
-                let body = json!({"type": "measurement.reported", "messageId": format!("s{i}"),
-                "timestamp": format!("2026-11-03T10:{:02}:{:02}Z", i / 60, i % 60),
-                "customer": {"id": format!("c{i}")}, "feature": {"id": "f"}, "currentUsage": i});
-                aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder()
-                    .id(i.to_string())
-                    .message_body(body.to_string())
-                    .build()
-                    .unwrap()
-            })
-            .collect();
-        sqs.send_message_batch()
-            .queue_url(&queue)
-            .set_entries(Some(entries))
-            .send()
-            .await
-            .unwrap();
-    }
+    let bodies: Vec<String> = (0..n)
+        .map(|i| {
+            json!({"type": "measurement.reported", "messageId": format!("s{i}"),
+            "timestamp": format!("2026-11-03T10:{:02}:{:02}Z", i / 60, i % 60),
+            "customer": {"id": format!("c{i}")}, "feature": {"id": "f"}, "currentUsage": i})
+            .to_string()
+        })
+        .collect();
+    preload(&sqs, &queue, &bodies).await;
     let mut child = command(&url, &queue)
         .arg("worker")
         .env("SQS_VISIBILITY_TIMEOUT", "20")

@@ -15,36 +15,6 @@ use stigg_byos::Roles;
 use crate::consumer::{command, drained};
 use crate::support::*;
 
-async fn send_all(sqs: &aws_sdk_sqs::Client, queue: &str, bodies: &[String]) {
-    let mut sends = tokio::task::JoinSet::new();
-    for (n, chunk) in bodies.chunks(10).enumerate() {
-        let entries: Vec<_> = chunk
-            .iter()
-            .enumerate()
-            .map(|(i, b)| {
-                aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder()
-                    .id(format!("{n}-{i}"))
-                    .message_body(b)
-                    .build()
-                    .unwrap()
-            })
-            .collect();
-        let (sqs, queue) = (sqs.clone(), queue.to_owned());
-        sends.spawn(async move {
-            sqs.send_message_batch()
-                .queue_url(queue)
-                .set_entries(Some(entries))
-                .send()
-                .await
-                .unwrap()
-        });
-        if sends.len() >= 8 {
-            sends.join_next().await;
-        }
-    }
-    while sends.join_next().await.is_some() {}
-}
-
 fn usage_event(i: usize) -> String {
     json!({"type": "measurement.reported", "messageId": format!("k{i}"),
         "timestamp": "2026-11-03T10:00:00Z", "customer": {"id": format!("c{}", i % 50)},
@@ -59,7 +29,7 @@ async fn kill_9_mid_stream_then_restart_applies_every_event_exactly_once() {
     let queue = fresh_queue(&sqs, false).await;
     let n = 1000;
     let bodies: Vec<String> = (0..n).map(usage_event).collect();
-    send_all(&sqs, &queue, &bodies).await;
+    preload(&sqs, &queue, &bodies).await;
     let mut child = command(&url, &queue)
         .arg("worker")
         .env("SQS_VISIBILITY_TIMEOUT", "3")
@@ -139,7 +109,7 @@ async fn three_workers_on_a_shuffled_stream_converge_to_the_newest_versions() {
     let dups: Vec<String> = bodies.iter().step_by(5).cloned().collect();
     bodies.extend(dups);
     bodies.shuffle(&mut rand::rng());
-    send_all(&sqs, &queue, &bodies).await;
+    preload(&sqs, &queue, &bodies).await;
 
     let mut apps = Vec::new();
     for _ in 0..3 {

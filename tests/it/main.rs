@@ -9,3 +9,7 @@ mod http;
 mod stigg_fake;
 mod support;
 mod sync;
+
+// The SQS helpers, shared with the benchmark.
+#[path = "../shared/sqs.rs"]
+mod sqs;

@@ -5,7 +5,6 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
 use clap::Parser;
 use serde_json::Value;
 use sqlx::{Connection, PgPool};
@@ -53,66 +52,35 @@ pub async fn migrated_pool() -> (PgPool, String) {
     (pool, url)
 }
 
+// The SQS helpers themselves are in `tests/shared/sqs.rs` (`crate::sqs`), shared with the
+// benchmark; these give them the tests' queue names and turn their errors into panics.
+
 pub async fn sqs() -> aws_sdk_sqs::Client {
-    let conf = aws_sdk_sqs::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .endpoint_url(sqs_endpoint())
-        .credentials_provider(Credentials::new("test", "test", None, None, "test"))
-        .build();
-    aws_sdk_sqs::Client::from_conf(conf)
+    crate::sqs::client(&sqs_endpoint())
 }
 
 pub async fn fresh_queue(sqs: &aws_sdk_sqs::Client, fifo: bool) -> String {
-    let mut name = unique("it-");
-    let mut req = sqs.create_queue();
-    if fifo {
-        name.push_str(".fifo");
-        req = req
-            .attributes(aws_sdk_sqs::types::QueueAttributeName::FifoQueue, "true")
-            .attributes(
-                aws_sdk_sqs::types::QueueAttributeName::ContentBasedDeduplication,
-                "true",
-            );
-    }
-    req.queue_name(name)
-        .send()
+    crate::sqs::create_queue(sqs, &unique("it-"), fifo)
         .await
-        .expect("create queue")
-        .queue_url
-        .expect("queue url")
+        .expect("fresh queue")
 }
 
 pub async fn send(sqs: &aws_sdk_sqs::Client, queue: &str, body: &str) -> String {
-    let mut req = sqs.send_message().queue_url(queue).message_body(body);
-    if queue.ends_with(".fifo") {
-        req = req.message_group_id("g");
-    }
-    req.send()
-        .await
-        .expect("send")
-        .message_id
-        .expect("message id")
+    crate::sqs::send(sqs, queue, body).await.expect("send")
 }
 
-/// Messages visible plus in flight.
+/// Sends every body, 10 a batch.
+pub async fn preload(sqs: &aws_sdk_sqs::Client, queue: &str, bodies: &[String]) {
+    crate::sqs::preload(sqs, queue, bodies)
+        .await
+        .expect("preload")
+}
+
+/// Messages visible and messages in flight.
 pub async fn queue_depth(sqs: &aws_sdk_sqs::Client, queue: &str) -> (u64, u64) {
-    use aws_sdk_sqs::types::QueueAttributeName as A;
-    let attrs = sqs
-        .get_queue_attributes()
-        .queue_url(queue)
-        .attribute_names(A::ApproximateNumberOfMessages)
-        .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
-        .send()
+    crate::sqs::queue_depth(sqs, queue)
         .await
         .expect("queue attributes")
-        .attributes
-        .unwrap_or_default();
-    let get = |k: A| attrs.get(&k).and_then(|v| v.parse().ok()).unwrap_or(0);
-    (
-        get(A::ApproximateNumberOfMessages),
-        get(A::ApproximateNumberOfMessagesNotVisible),
-    )
 }
 
 /// Environment for the app and the binary: LocalStack endpoint and test credentials.
