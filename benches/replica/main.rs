@@ -28,6 +28,7 @@ use access_path::access_path;
 use apply_path::apply_path;
 use events::generate;
 use harness::{cleanup, Env};
+use lag::lag;
 use plan::{Args, Plan};
 use sampling::print_machine;
 use sqs_path::sqs_path;
@@ -38,6 +39,7 @@ mod digest;
 mod events;
 mod harness;
 mod http_load;
+mod lag;
 mod plan;
 mod sampling;
 mod sqs_path;
@@ -198,6 +200,9 @@ async fn run_all(env: &Arc<Env>, plan: &Plan, table: &mut Table) -> Result<()> {
     if plan.runs("apply") {
         let g = events.as_ref().expect("events generated");
         apply_path(env, g, table, &mut fingerprints).await?;
+    }
+    if plan.runs("lag") {
+        lag(env, &plan.lag, table).await?;
     }
     if fingerprints.len() > 1 {
         let first = &fingerprints[0].1;

@@ -7,6 +7,8 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use clap::Parser;
 
+use super::lag::LagPlan;
+
 #[derive(Parser, Debug)]
 #[command(name = "bench", about = "stigg-byos benchmarks (issue 5)")]
 pub(super) struct Args {
@@ -32,7 +34,16 @@ pub(super) struct Args {
     /// Customers served by the fake Stigg API to `sync`. Default 20000 (2000 with --quick).
     #[arg(long)]
     sync_customers: Option<usize>,
-    /// Run only these parts (comma-separated): sqs, apply, access, graphql, startup, sync.
+    /// Events a second of the steady lag run. Default 500.
+    #[arg(long, default_value_t = 500)]
+    lag_rate: u32,
+    /// Seconds of the steady lag run. Default 30 (5 with --quick).
+    #[arg(long)]
+    lag_seconds: Option<f64>,
+    /// Events queued for the backlog drain. Default 100000 (5000 with --quick).
+    #[arg(long)]
+    backlog: Option<usize>,
+    /// Run only these parts (comma-separated): sqs, apply, lag, access, graphql, startup, sync.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Seed of the event generator (the same seed gives the same events).
@@ -72,6 +83,7 @@ pub(super) struct Plan {
     pub(super) connections: usize,
     pub(super) concurrency: Vec<u32>,
     pub(super) only: Vec<String>,
+    pub(super) lag: LagPlan,
     pub(super) seed: u64,
     pub(super) keep: bool,
 }
@@ -95,6 +107,19 @@ impl Plan {
             connections: args.connections.max(1),
             concurrency: args.concurrency.clone(),
             only: args.only.clone(),
+            lag: LagPlan {
+                rate: args.lag_rate.max(10),
+                steady: Duration::from_secs_f64(args.lag_seconds.unwrap_or(if args.quick {
+                    5.0
+                } else {
+                    30.0
+                })),
+                backlog: args
+                    .backlog
+                    .unwrap_or(if args.quick { 5_000 } else { 100_000 })
+                    .max(20),
+                seed: args.seed,
+            },
             seed: args.seed,
             keep: args.keep,
         };

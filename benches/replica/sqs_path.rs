@@ -13,7 +13,9 @@ use aws_sdk_sqs::types::DeleteMessageBatchRequestEntry;
 use super::digest::{fingerprint, inbox_summary};
 use super::events::Generated;
 use super::harness::{stop, Env};
-use super::sampling::{cpu_line, cpu_snapshot, peak_rss_mib, Sampler};
+use super::sampling::{
+    cost_line, cpu_line, cpu_per_event, cpu_snapshot, peak_rss_mib, pg_writes, Sampler,
+};
 use super::{note, section, sqs, Table};
 
 pub(super) async fn sqs_path(
@@ -48,6 +50,7 @@ pub(super) async fn sqs_path(
         .env("SQS_WAIT_SECONDS", "1")
         .env("WORKER_CONCURRENCY", concurrency.to_string());
     let sampler = Sampler::start(pool.clone());
+    let writes0 = pg_writes(&pool).await?;
     let cpu0 = cpu_snapshot(None);
     let started = Instant::now();
     let mut child = cmd.spawn().context("spawning the worker")?;
@@ -81,6 +84,7 @@ pub(super) async fn sqs_path(
     };
     let cpu1 = cpu_snapshot(Some(pid));
     let rss = peak_rss_mib(pid).unwrap_or(f64::NAN);
+    let cost = cpu_per_event(&cpu0, &cpu1, n);
     let activity = sampler.finish().await;
     stop(child).await;
     let worker_rate = n as f64 / elapsed.as_secs_f64();
@@ -89,6 +93,14 @@ pub(super) async fn sqs_path(
         elapsed.as_secs_f64()
     ));
     note(cpu_line(&cpu0, &cpu1, "worker"));
+    tokio::time::sleep(Duration::from_millis(700)).await; // statistics are flushed lazily
+    note(cost_line(
+        "worker",
+        cost,
+        writes0,
+        pg_writes(&pool).await?,
+        n,
+    ));
     note(format!("worker: {activity}"));
     note(format!("inbox: {}", inbox_summary(&pool).await?));
     let log = env.logs.join(&log_name);
@@ -135,6 +147,12 @@ pub(super) async fn sqs_path(
         format!("{ratio:.2}"),
         ">= 0.90",
         Some(ratio >= 0.9),
+    );
+    table.row(
+        &format!("CPU per event, worker / PostgreSQL, c={concurrency}"),
+        format!("{:.0} / {:.0} µs", cost.0, cost.1),
+        "",
+        None,
     );
     table.row(
         &format!("worker peak RSS, c={concurrency}"),
