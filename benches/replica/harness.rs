@@ -118,6 +118,25 @@ impl Env {
             .kill_on_drop(true);
         Ok(cmd)
     }
+
+    /// [`Env::command`] for a process that consumes `queue` into the database at `db_url`,
+    /// through the bench's SQS endpoint.
+    pub(super) fn consumer_command(
+        &self,
+        args: &[&str],
+        log: &str,
+        db_url: &str,
+        queue: &str,
+    ) -> Result<Command> {
+        let mut cmd = self.command(args, log)?;
+        cmd.env("DATABASE_URL", db_url)
+            .env("SQS_QUEUE_URL", queue)
+            .env("AWS_ENDPOINT_URL_SQS", &self.sqs_endpoint)
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test");
+        Ok(cmd)
+    }
 }
 
 pub(super) async fn cleanup(env: &Env, keep: bool) {

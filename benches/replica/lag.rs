@@ -53,8 +53,8 @@ async fn steady(env: &Arc<Env>, plan: &LagPlan, table: &mut Table) -> Result<()>
     let started = Instant::now();
     for chunk in g.bodies.chunks(10) {
         tick.tick().await;
-        let send = send_batch(env.sqs.clone(), queue.clone(), chunk.to_vec());
-        sends.spawn(send);
+        let (sqs_client, queue, chunk) = (env.sqs.clone(), queue.clone(), chunk.to_vec());
+        sends.spawn(async move { sqs::send_batch(&sqs_client, &queue, &chunk).await });
     }
     while let Some(sent) = sends.join_next().await {
         sent??;
@@ -144,27 +144,6 @@ async fn backlog(env: &Arc<Env>, plan: &LagPlan, table: &mut Table) -> Result<()
     Ok(())
 }
 
-/// One SendMessageBatch of up to ten bodies.
-async fn send_batch(sqs: aws_sdk_sqs::Client, queue: String, bodies: Vec<String>) -> Result<()> {
-    use aws_sdk_sqs::types::SendMessageBatchRequestEntry as Entry;
-    let entries = bodies
-        .iter()
-        .enumerate()
-        .map(|(i, b)| Entry::builder().id(i.to_string()).message_body(b).build())
-        .collect::<Result<Vec<_>, _>>()?;
-    let out = sqs
-        .send_message_batch()
-        .queue_url(&queue)
-        .set_entries(Some(entries))
-        .send()
-        .await
-        .map_err(aws_sdk_sqs::Error::from)?;
-    if let Some(f) = out.failed.first() {
-        bail!("a message was refused: {:?}", f.message);
-    }
-    Ok(())
-}
-
 fn spawn_worker(
     env: &Env,
     db_url: &str,
@@ -173,14 +152,8 @@ fn spawn_worker(
     concurrency: u32,
     log: &str,
 ) -> Result<tokio::process::Child> {
-    let mut cmd = env.command(&["run"], log)?;
-    cmd.env("DATABASE_URL", db_url)
-        .env("SQS_QUEUE_URL", queue)
-        .env("AWS_ENDPOINT_URL_SQS", &env.sqs_endpoint)
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
+    let mut cmd = env.consumer_command(&["run"], log, db_url, queue)?;
+    cmd.env("HTTP_ADDR", format!("127.0.0.1:{port}"))
         .env("WORKER_CONCURRENCY", concurrency.to_string());
     cmd.spawn().context("spawning the worker")
 }

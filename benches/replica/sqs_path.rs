@@ -40,14 +40,8 @@ pub(super) async fn sqs_path(
     ));
 
     let log_name = format!("worker-c{concurrency}.log");
-    let mut cmd = env.command(&["worker"], &log_name)?;
-    cmd.env("DATABASE_URL", &db_url)
-        .env("SQS_QUEUE_URL", &queue)
-        .env("AWS_ENDPOINT_URL_SQS", &env.sqs_endpoint)
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("SQS_WAIT_SECONDS", "1")
+    let mut cmd = env.consumer_command(&["worker"], &log_name, &db_url, &queue)?;
+    cmd.env("SQS_WAIT_SECONDS", "1")
         .env("WORKER_CONCURRENCY", concurrency.to_string());
     let sampler = Sampler::start(pool.clone());
     let writes0 = pg_writes(&pool).await?;

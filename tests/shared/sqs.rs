@@ -1,7 +1,8 @@
 //! SQS helpers shared by the integration tests (`tests/it/support.rs`) and the benchmark
 //! (`benches/replica/main.rs`), which both include this one file with `#[path = "…"] mod sqs;`:
 //! a client for the emulator (LocalStack), a fresh queue, sending one message or pre-loading
-//! many, and a queue's depth. The bench uses all but `send`.
+//! many (`preload`, or one batch with `send_batch`), and a queue's depth. The bench uses all
+//! but `send`.
 
 use anyhow::{bail, Context, Result};
 use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
@@ -55,36 +56,36 @@ pub async fn send(sqs: &aws_sdk_sqs::Client, queue: &str, body: &str) -> Result<
 /// Sends every body (10 a batch, 32 batches at once).
 pub async fn preload(sqs: &aws_sdk_sqs::Client, queue: &str, bodies: &[String]) -> Result<()> {
     futures::stream::iter(bodies.chunks(10))
-        .map(|chunk| {
-            let sqs = sqs.clone();
-            async move {
-                let entries = chunk
-                    .iter()
-                    .enumerate()
-                    .map(|(i, b)| {
-                        SendMessageBatchRequestEntry::builder()
-                            .id(i.to_string())
-                            .message_body(b)
-                            .build()
-                            .map_err(anyhow::Error::from)
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                let out = sqs
-                    .send_message_batch()
-                    .queue_url(queue)
-                    .set_entries(Some(entries))
-                    .send()
-                    .await
-                    .map_err(aws_sdk_sqs::Error::from)?;
-                if let Some(f) = out.failed.first() {
-                    bail!("send refused: {:?}", f.message);
-                }
-                Ok(())
-            }
-        })
+        .map(|chunk| send_batch(sqs, queue, chunk))
         .buffer_unordered(32)
         .try_collect::<Vec<()>>()
         .await?;
+    Ok(())
+}
+
+/// One SendMessageBatch of up to ten bodies; a refused entry is an error.
+pub async fn send_batch(sqs: &aws_sdk_sqs::Client, queue: &str, bodies: &[String]) -> Result<()> {
+    let entries = bodies
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            SendMessageBatchRequestEntry::builder()
+                .id(i.to_string())
+                .message_body(b)
+                .build()
+                .map_err(anyhow::Error::from)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let out = sqs
+        .send_message_batch()
+        .queue_url(queue)
+        .set_entries(Some(entries))
+        .send()
+        .await
+        .map_err(aws_sdk_sqs::Error::from)?;
+    if let Some(f) = out.failed.first() {
+        bail!("send refused: {:?}", f.message);
+    }
     Ok(())
 }
 
