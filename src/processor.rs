@@ -1,6 +1,8 @@
-//! Runs parsed events through [`crate::apply`] in batches: one transaction per batch (fast),
-//! falling back to one transaction per event when an event fails for a reason that is not
-//! transient, so one bad event never rolls back the others. Transient database failures are
+//! Runs parsed events through [`crate::apply`] in batches: one transaction per batch, applied
+//! set-based ([`crate::apply::batch`]), falling back to one transaction per event when the
+//! batch fails for a reason that is not transient, so one bad event never rolls back the
+//! others. Every transaction first takes the locks of its customers
+//! ([`crate::store::lock_customers`]). Transient database failures are
 //! reported to the caller, which retries (see [`crate::store::is_transient`]).
 
 use std::time::Instant;
@@ -9,7 +11,7 @@ use sqlx::PgPool;
 
 use crate::apply::{self, Outcome};
 use crate::events::ParsedEvent;
-use crate::store::is_transient;
+use crate::store::{self, is_transient};
 use crate::telemetry;
 
 /// The per-event result of a batch: the outcome, or why it failed (not transiently).
@@ -23,6 +25,7 @@ pub struct Transient(#[source] pub sqlx::Error);
 pub struct Processor {
     pool: PgPool,
     keep_order: bool,
+    event_by_event: bool,
 }
 
 impl Processor {
@@ -30,7 +33,15 @@ impl Processor {
         Self {
             pool,
             keep_order: false,
+            event_by_event: false,
         }
+    }
+
+    /// Apply a batch's events one after another on its transaction instead of set-based:
+    /// the reference the set-based path is held to (tests, the bench's digest).
+    pub fn event_by_event(mut self, yes: bool) -> Self {
+        self.event_by_event = yes;
+        self
     }
 
     /// Apply each batch exactly in the given order (FIFO queues). Otherwise a batch is applied
@@ -86,17 +97,26 @@ impl Processor {
         events: &[&ParsedEvent],
     ) -> Result<Option<Vec<Outcome>>, Transient> {
         let mut tx = self.pool.begin().await.map_err(Transient)?;
-        let mut outcomes = Vec::with_capacity(events.len());
-        for ev in events {
-            match apply::apply(&mut tx, ev).await {
-                Ok(o) => outcomes.push(o),
-                Err(e) if is_transient(&e) => return Err(Transient(e)),
-                Err(e) => {
-                    tracing::debug!(error = %e, "batch member failed; retrying one by one");
-                    return Ok(None);
-                }
+        let applied = async {
+            store::lock_customers(&mut tx, events.iter().filter_map(|ev| ev.customer_id())).await?;
+            if !self.event_by_event {
+                return apply::batch::apply_batch(&mut tx, events).await;
             }
+            let mut outcomes = Vec::with_capacity(events.len());
+            for ev in events {
+                outcomes.push(apply::apply(&mut tx, ev).await?);
+            }
+            Ok(outcomes)
         }
+        .await;
+        let outcomes = match applied {
+            Ok(outcomes) => outcomes,
+            Err(e) if is_transient(&e) => return Err(Transient(e)),
+            Err(e) => {
+                tracing::debug!(error = %e, "batch failed; retrying its events one by one");
+                return Ok(None);
+            }
+        };
         // a failed commit wrote nothing, transient or not, so retrying is always safe
         tx.commit().await.map_err(Transient)?;
         Ok(Some(outcomes))
@@ -109,7 +129,12 @@ impl Processor {
         let mut results = Vec::with_capacity(events.len());
         for ev in events {
             let mut tx = self.pool.begin().await.map_err(Transient)?;
-            match apply::apply(&mut tx, ev).await {
+            let applied = async {
+                store::lock_customers(&mut tx, ev.customer_id()).await?;
+                apply::apply(&mut tx, ev).await
+            }
+            .await;
+            match applied {
                 Ok(o) => {
                     // a failed commit wrote nothing, transient or not, so retrying is always safe
                     tx.commit().await.map_err(Transient)?;

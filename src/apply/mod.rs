@@ -1,6 +1,11 @@
 //! Event → state change. Each event claims its deduplication key and writes its state on the
 //! caller's transaction, so both commit together or not at all. Version guards live in the
-//! store's SQL (rules in [`crate::version`]).
+//! store's SQL (rules in [`crate::version`]). [`batch`] applies a whole batch set-based with
+//! the same rules held in memory ([`fold`]). The caller holds the customers' locks
+//! ([`crate::store::lock_customers`]).
+
+pub mod batch;
+pub mod fold;
 
 use serde::Serialize;
 use sqlx::PgConnection;

@@ -19,8 +19,8 @@ pub enum CustomerGate {
 
 /// Makes sure the customer of a subscription / entitlement / usage event exists: creates a
 /// placeholder from the embedded copy (§7.4), revives a tombstone for an event newer than the
-/// deletion (§7.6), and never overwrites what a `customer.*` event wrote (§7.5). Takes a share
-/// lock so that a concurrent deletion waits for this transaction.
+/// deletion (§7.6), and never overwrites what a `customer.*` event wrote (§7.5). The caller
+/// holds the customer's lock ([`super::lock_customers`]), as every writer of a customer does.
 pub async fn ensure_customer(
     conn: &mut PgConnection,
     c: &EmbeddedCustomer,
@@ -30,7 +30,7 @@ pub async fn ensure_customer(
     for _ in 0..3 {
         let row = sqlx::query(
             "SELECT is_deleted, deleted_at, embedded, embedded_at FROM customers
-             WHERE customer_id = $1 FOR SHARE",
+             WHERE customer_id = $1",
         )
         .bind(&c.id)
         .fetch_optional(&mut *conn)
@@ -158,7 +158,7 @@ pub async fn delete_customer(
     at: Option<DateTime<Utc>>,
 ) -> sqlx::Result<bool> {
     let row = sqlx::query(
-        "SELECT version, deleted_at, raw IS NULL FROM customers WHERE customer_id = $1 FOR UPDATE",
+        "SELECT version, deleted_at, raw IS NULL FROM customers WHERE customer_id = $1",
     )
     .bind(id)
     .fetch_optional(&mut *conn)

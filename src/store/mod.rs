@@ -79,7 +79,34 @@ pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     MIGRATOR.run(pool).await
 }
 
+/// Serialises every writer of a customer's state (events, batches, sync) on an advisory
+/// transaction lock per customer, taken in one order (by the lock key) and in one mode, so two
+/// transactions never wait on each other in a cycle and no lock is ever upgraded. Held until
+/// the caller's transaction ends. Two customers whose keys collide share a lock, which only
+/// serialises them.
+pub async fn lock_customers<'a>(
+    conn: &mut sqlx::PgConnection,
+    ids: impl IntoIterator<Item = &'a str>,
+) -> sqlx::Result<()> {
+    let mut ids: Vec<&str> = ids.into_iter().collect();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(k)
+         FROM (SELECT DISTINCT hashtextextended(id, 7391) AS k FROM unnest($1::text[]) AS id
+               ORDER BY k) AS keys",
+    )
+    .bind(ids)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 pub mod access;
+pub mod batch;
 pub mod customers;
 pub mod dead_letters;
 pub mod inbox;

@@ -107,7 +107,8 @@ pub async fn replace_entitlements(
     Ok(true)
 }
 
-fn entitlement_row(e: &Entitlement) -> Value {
+/// One `entitlements` row (without its key columns) as the JSON the inserts read.
+pub(crate) fn entitlement_row(e: &Entitlement) -> Value {
     json!({
         "feature_id": e.feature.id,
         "feature_type": e.feature.feature_type.as_deref().unwrap_or("").to_ascii_uppercase(),

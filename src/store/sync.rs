@@ -388,12 +388,10 @@ pub async fn customer_gate(
     id: &str,
     at: Option<DateTime<Utc>>,
 ) -> sqlx::Result<(CustomerGate, Option<DateTime<Utc>>)> {
-    let row = sqlx::query(
-        "SELECT is_deleted, deleted_at FROM customers WHERE customer_id = $1 FOR SHARE",
-    )
-    .bind(id)
-    .fetch_optional(&mut *conn)
-    .await?;
+    let row = sqlx::query("SELECT is_deleted, deleted_at FROM customers WHERE customer_id = $1")
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
     let (is_deleted, deleted_at): (bool, Option<DateTime<Utc>>) = match &row {
         Some(r) => (r.try_get(0)?, r.try_get(1)?),
         None => (true, None),

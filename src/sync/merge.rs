@@ -46,12 +46,18 @@ fn micros(t: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
 pub trait Listed: Sync {
     /// The listing's name, for progress.
     const LIST: &'static str;
+    /// The customer whose state the copy writes (its lock is taken for the page).
+    fn customer_id(&self) -> &str;
     fn merge<'c>(&'c self, conn: &'c mut PgConnection) -> BoxFuture<'c, sqlx::Result<Merge>>;
     fn kind(counts: &mut Counts) -> &mut Kind;
 }
 
 impl Listed for CustomerCopy {
     const LIST: &'static str = "customers";
+
+    fn customer_id(&self) -> &str {
+        &self.customer.id
+    }
 
     fn merge<'c>(&'c self, conn: &'c mut PgConnection) -> BoxFuture<'c, sqlx::Result<Merge>> {
         Box::pin(customer(conn, self))
@@ -64,6 +70,10 @@ impl Listed for CustomerCopy {
 
 impl Listed for SubscriptionCopy {
     const LIST: &'static str = "subscriptions";
+
+    fn customer_id(&self) -> &str {
+        &self.subscription.customer.id
+    }
 
     fn merge<'c>(&'c self, conn: &'c mut PgConnection) -> BoxFuture<'c, sqlx::Result<Merge>> {
         Box::pin(subscription(conn, self))

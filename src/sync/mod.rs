@@ -318,8 +318,8 @@ impl Pass<'_> {
         loop {
             let page = self.api.customers(cursor.as_deref()).await?;
             let next = next_cursor(&page.page_info, cursor.as_deref(), "customers")?;
-            // written in customer order, the order the worker locks customers in, so that a
-            // page and a concurrent batch of events cannot deadlock
+            // written in customer order (the page's customer locks, taken first, are what
+            // keeps it from deadlocking with a concurrent batch of events)
             let mut copies: Vec<_> = page
                 .edges
                 .iter()
@@ -417,6 +417,7 @@ impl Pass<'_> {
         let run = self.run.run_id;
         let page = (|| async {
             let mut tx = self.pool.begin().await?;
+            store::lock_customers(&mut tx, copies.iter().map(|c| c.customer_id())).await?;
             let mut page = Kind::default();
             for copy in copies {
                 page.add(copy.merge(&mut tx).await?);
@@ -536,6 +537,7 @@ impl Pass<'_> {
         }
         let merged = (|| async {
             let mut tx = self.pool.begin().await?;
+            store::lock_customers(&mut tx, [item.customer_id.as_str()]).await?;
             let m =
                 merge::state(&mut tx, &item.customer_id, item.listed_at, &copy, read_at).await?;
             tx.commit().await?;
@@ -572,6 +574,7 @@ impl Pass<'_> {
         for batch in candidates.chunks(PRUNE_BATCH) {
             let pruned = (|| async {
                 let mut tx = self.pool.begin().await?;
+                store::lock_customers(&mut tx, batch.iter().map(String::as_str)).await?;
                 let mut pruned = 0;
                 for id in batch {
                     pruned += u64::from(store::delete_customer(&mut tx, id, Some(at)).await?);

@@ -6,6 +6,7 @@ mod consumer;
 mod faults;
 mod graphql;
 mod http;
+mod set_based;
 mod stigg_fake;
 mod support;
 mod sync;
