@@ -43,6 +43,12 @@ pub enum Command {
     Ingest {
         /// File of one event JSON per line, or `-`.
         file: String,
+        /// Events applied per transaction (1: one event at a time, the reference order).
+        #[arg(long, default_value_t = commands::ingest::BATCH, value_parser = clap::value_parser!(u16).range(1..=5000))]
+        batch_size: u16,
+        /// Lanes applying batches at once; a customer's events always go to the same lane.
+        #[arg(long, default_value_t = commands::ingest::LANES, value_parser = clap::value_parser!(u16).range(1..=64))]
+        lanes: u16,
     },
     /// Inspect or replay dead letters.
     Dlq {
@@ -162,7 +168,17 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
             eprintln!("migrations applied");
             Ok(())
         }
-        Command::Ingest { file } => commands::ingest::run(&settings, &file).await,
+        Command::Ingest {
+            file,
+            batch_size,
+            lanes,
+        } => {
+            let shape = commands::ingest::Shape {
+                batch: batch_size.into(),
+                lanes: lanes.into(),
+            };
+            commands::ingest::run(&settings, &file, shape).await
+        }
         Command::Dlq {
             command: DlqCommand::List,
         } => commands::dlq::list(&settings).await,

@@ -199,7 +199,7 @@ async fn run_all(env: &Arc<Env>, plan: &Plan, table: &mut Table) -> Result<()> {
     }
     if plan.runs("apply") {
         let g = events.as_ref().expect("events generated");
-        apply_path(env, g, table, &mut fingerprints).await?;
+        apply_path(env, g, &plan.ingest_shapes, table, &mut fingerprints).await?;
     }
     if plan.runs("lag") {
         lag(env, &plan.lag, table).await?;
@@ -223,7 +223,7 @@ async fn run_all(env: &Arc<Env>, plan: &Plan, table: &mut Table) -> Result<()> {
             }
         }
         table.row(
-            "same final state, SQS vs ingest",
+            "same final state, SQS, ingest, one at a time",
             if same { "yes".into() } else { "no".into() },
             "yes",
             Some(same),

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use clap::Parser;
 
+use super::apply_path::Shape;
 use super::lag::LagPlan;
 
 #[derive(Parser, Debug)]
@@ -43,6 +44,10 @@ pub(super) struct Args {
     /// Events queued for the backlog drain. Default 100000 (5000 with --quick).
     #[arg(long)]
     backlog: Option<usize>,
+    /// Shapes of the `ingest` runs, SIZExLANES (`--batch-size`, `--lanes`), comma-separated;
+    /// the first is the table's apply-path figure. A one-event-at-a-time run always follows.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![Shape { batch: 200, lanes: 4 }])]
+    ingest_shapes: Vec<Shape>,
     /// Run only these parts (comma-separated): sqs, apply, lag, access, graphql, startup, sync.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -83,6 +88,7 @@ pub(super) struct Plan {
     pub(super) connections: usize,
     pub(super) concurrency: Vec<u32>,
     pub(super) only: Vec<String>,
+    pub(super) ingest_shapes: Vec<Shape>,
     pub(super) lag: LagPlan,
     pub(super) seed: u64,
     pub(super) keep: bool,
@@ -107,6 +113,7 @@ impl Plan {
             connections: args.connections.max(1),
             concurrency: args.concurrency.clone(),
             only: args.only.clone(),
+            ingest_shapes: args.ingest_shapes.clone(),
             lag: LagPlan {
                 rate: args.lag_rate.max(10),
                 steady: Duration::from_secs_f64(args.lag_seconds.unwrap_or(if args.quick {

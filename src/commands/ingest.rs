@@ -16,40 +16,50 @@ use crate::events::{self, ParsedEvent};
 use crate::processor::Processor;
 use crate::store;
 
-/// Lines are applied in batches of this many, one transaction each.
-const INGEST_BATCH: usize = 200;
+/// Lines are applied in batches of this many by default, one transaction each.
+pub const BATCH: u16 = 200;
 
-/// Lines are applied in this many lanes at once, each customer always in the same lane (so
-/// its events keep their order and lanes never wait on each other's rows).
-const INGEST_LANES: usize = 4;
+/// Lines are applied in this many lanes at once by default, each customer always in the same
+/// lane (so its events keep their order and lanes never wait on each other's rows).
+pub const LANES: u16 = 4;
+
+/// How `ingest` applies: events per transaction, lanes at once.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    pub batch: usize,
+    pub lanes: usize,
+}
 
 type Counts = std::collections::BTreeMap<&'static str, u64>;
 
-fn lane_of(customer: Option<&str>) -> usize {
+fn lane_of(customer: Option<&str>, lanes: usize) -> usize {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     customer.hash(&mut h);
-    (h.finish() % INGEST_LANES as u64) as usize
+    (h.finish() % lanes as u64) as usize
 }
 
 /// Applies the lines of `file` (`-`: stdin) and prints how many had each outcome.
-pub async fn run(settings: &Settings, file: &str) -> anyhow::Result<()> {
-    let pool =
-        store::connect_and_migrate(settings, INGEST_LANES as u32 + 1, Duration::from_secs(30))
-            .await?;
+pub async fn run(settings: &Settings, file: &str, shape: Shape) -> anyhow::Result<()> {
+    let Shape {
+        batch: size,
+        lanes: lane_count,
+    } = shape;
+    let pool = store::connect_and_migrate(settings, lane_count as u32 + 1, Duration::from_secs(30))
+        .await?;
     let processor = Processor::new(pool.clone());
     let mut lanes = tokio::task::JoinSet::new();
-    let mut senders = Vec::with_capacity(INGEST_LANES);
-    for _ in 0..INGEST_LANES {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<ParsedEvent>(INGEST_BATCH * 2);
+    let mut senders = Vec::with_capacity(lane_count);
+    for _ in 0..lane_count {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<ParsedEvent>(size * 2);
         senders.push(tx);
         let processor = processor.clone();
         lanes.spawn(async move {
             let mut counts = Counts::new();
-            let mut batch: Vec<ParsedEvent> = Vec::with_capacity(INGEST_BATCH);
+            let mut batch: Vec<ParsedEvent> = Vec::with_capacity(size);
             while let Some(ev) = rx.recv().await {
                 batch.push(ev);
-                if batch.len() == INGEST_BATCH {
+                if batch.len() == size {
                     apply_batch(&processor, &mut batch, &mut counts).await?;
                 }
             }
@@ -66,7 +76,7 @@ pub async fn run(settings: &Settings, file: &str) -> anyhow::Result<()> {
         }
         match events::parse(line) {
             Ok(ev) => {
-                let lane = lane_of(ev.customer_id());
+                let lane = lane_of(ev.customer_id(), lane_count);
                 if senders[lane].send(ev).await.is_err() {
                     break; // that lane failed: its error is reported below
                 }
