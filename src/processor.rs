@@ -21,11 +21,18 @@ pub type EventResult = Result<Outcome, String>;
 #[error("transient database failure: {0}")]
 pub struct Transient(#[source] pub sqlx::Error);
 
+/// Batches of at least this many events are applied set-based; smaller ones event by event.
+/// Measured with `ingest` on the bench's events (BENCHMARKS.md, issue 11): at 10 events a
+/// batch the set-based path was no faster (its dozen statements cost about what ten events'
+/// do), at 200 it was twice as fast, at 1 it was slower.
+pub const SET_BASED_FROM: usize = 20;
+
 #[derive(Clone)]
 pub struct Processor {
     pool: PgPool,
     keep_order: bool,
     event_by_event: bool,
+    set_based_from: usize,
 }
 
 impl Processor {
@@ -34,6 +41,7 @@ impl Processor {
             pool,
             keep_order: false,
             event_by_event: false,
+            set_based_from: SET_BASED_FROM,
         }
     }
 
@@ -49,6 +57,12 @@ impl Processor {
     /// then lock customers in the same order and cannot deadlock on them.
     pub fn keep_order(mut self, keep: bool) -> Self {
         self.keep_order = keep;
+        self
+    }
+
+    /// The smallest batch applied set-based ([`SET_BASED_FROM`] by default; tests use 1).
+    pub fn set_based_from(mut self, events: usize) -> Self {
+        self.set_based_from = events.max(1);
         self
     }
 
@@ -99,7 +113,7 @@ impl Processor {
         let mut tx = self.pool.begin().await.map_err(Transient)?;
         let applied = async {
             store::lock_customers(&mut tx, events.iter().filter_map(|ev| ev.customer_id())).await?;
-            if !self.event_by_event {
+            if !self.event_by_event && events.len() >= self.set_based_from {
                 return apply::batch::apply_batch(&mut tx, events).await;
             }
             let mut outcomes = Vec::with_capacity(events.len());

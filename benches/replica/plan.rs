@@ -46,7 +46,7 @@ pub(super) struct Args {
     backlog: Option<usize>,
     /// Shapes of the `ingest` runs, SIZExLANES (`--batch-size`, `--lanes`), comma-separated;
     /// the first is the table's apply-path figure. A one-event-at-a-time run always follows.
-    #[arg(long, value_delimiter = ',', default_values_t = vec![Shape { batch: 200, lanes: 4 }])]
+    #[arg(long, value_delimiter = ',', default_values_t = vec![Shape { batch: 1000, lanes: 2 }])]
     ingest_shapes: Vec<Shape>,
     /// Run only these parts (comma-separated): sqs, apply, lag, access, graphql, startup, sync.
     #[arg(long, value_delimiter = ',')]

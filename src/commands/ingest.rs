@@ -16,12 +16,13 @@ use crate::events::{self, ParsedEvent};
 use crate::processor::Processor;
 use crate::store;
 
-/// Lines are applied in batches of this many by default, one transaction each.
-pub const BATCH: u16 = 200;
+/// Lines are applied in batches of this many by default, one transaction each (chosen by
+/// measurement: BENCHMARKS.md, issue 11).
+pub const BATCH: u16 = 1000;
 
 /// Lines are applied in this many lanes at once by default, each customer always in the same
 /// lane (so its events keep their order and lanes never wait on each other's rows).
-pub const LANES: u16 = 4;
+pub const LANES: u16 = 2;
 
 /// How `ingest` applies: events per transaction, lanes at once.
 #[derive(Debug, Clone, Copy)]
