@@ -168,13 +168,13 @@ pub struct SubscriptionRow<'a> {
     pub raw: &'a Value,
 }
 
-/// Upserts final subscriptions, newer than the stored ones.
+/// Upserts subscriptions newer than the stored ones; how many rows changed.
 pub async fn write_subscriptions(
     conn: &mut PgConnection,
     rows: &[SubscriptionRow<'_>],
-) -> sqlx::Result<()> {
+) -> sqlx::Result<u64> {
     if rows.is_empty() {
-        return Ok(());
+        return Ok(0);
     }
     fn text<'r, 'a>(
         rows: &'r [SubscriptionRow<'a>],
@@ -194,7 +194,7 @@ pub async fn write_subscriptions(
         .collect();
     let metadata: Vec<Option<&Value>> = rows.iter().map(|r| r.s.metadata.as_ref()).collect();
     let raw: Vec<&Value> = rows.iter().map(|r| r.raw).collect();
-    sqlx::query(
+    let done = sqlx::query(
         "INSERT INTO subscriptions (subscription_id, customer_id, status, plan_id, plan_name,
              billing_id, resource_id, billing_period, start_date, end_date, cancellation_date,
              trial_end_date, addons, metadata, raw, version)
@@ -236,7 +236,7 @@ pub async fn write_subscriptions(
     .bind(time(rows, |r| r.version))
     .execute(conn)
     .await?;
-    Ok(())
+    Ok(done.rows_affected())
 }
 
 /// The stored versions of the entitlement sets `keys` (customer, resource key).

@@ -7,50 +7,20 @@ use sqlx::{PgConnection, Row};
 use super::resource_key;
 use crate::events::{Entitlement, EntitlementSet, Subscription};
 
-/// `subscription.*`. `true` when it changed the row.
+/// `subscription.*`. `true` when it changed the row. The same statement as a set-based
+/// batch's, with one row.
 pub async fn upsert_subscription(
     conn: &mut PgConnection,
     s: &Subscription,
     at: Option<DateTime<Utc>>,
     raw: &Value,
 ) -> sqlx::Result<bool> {
-    let plan = s.plan.clone().unwrap_or_default();
-    let done = sqlx::query(
-        "INSERT INTO subscriptions (subscription_id, customer_id, status, plan_id, plan_name,
-             billing_id, resource_id, billing_period, start_date, end_date, cancellation_date,
-             trial_end_date, addons, metadata, raw, version)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
-         ON CONFLICT (subscription_id) DO UPDATE SET
-             customer_id = EXCLUDED.customer_id, status = EXCLUDED.status,
-             plan_id = EXCLUDED.plan_id, plan_name = EXCLUDED.plan_name,
-             billing_id = EXCLUDED.billing_id, resource_id = EXCLUDED.resource_id,
-             billing_period = EXCLUDED.billing_period, start_date = EXCLUDED.start_date,
-             end_date = EXCLUDED.end_date, cancellation_date = EXCLUDED.cancellation_date,
-             trial_end_date = EXCLUDED.trial_end_date, addons = EXCLUDED.addons,
-             metadata = EXCLUDED.metadata, raw = EXCLUDED.raw, version = EXCLUDED.version,
-             updated_at = now()
-         WHERE $16::timestamptz IS NOT NULL
-           AND (subscriptions.version IS NULL OR $16 > subscriptions.version)",
-    )
-    .bind(&s.id)
-    .bind(&s.customer.id)
-    .bind(&s.status)
-    .bind(&plan.id)
-    .bind(&plan.name)
-    .bind(&s.billing_id)
-    .bind(s.resource.as_ref().map(|r| &r.id))
-    .bind(&s.billing_period)
-    .bind(s.start_date)
-    .bind(s.end_date)
-    .bind(s.cancellation_date)
-    .bind(s.trial_end_date)
-    .bind(s.addons.as_ref().map(|a| Value::Array(a.clone())))
-    .bind(&s.metadata)
-    .bind(raw)
-    .bind(at)
-    .execute(conn)
-    .await?;
-    Ok(done.rows_affected() == 1)
+    let row = super::batch::SubscriptionRow {
+        s,
+        version: at,
+        raw,
+    };
+    Ok(super::batch::write_subscriptions(conn, &[row]).await? == 1)
 }
 
 /// `entitlements.updated`: replaces the whole set of (customer, resource) when newer.
