@@ -8,7 +8,7 @@ use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 use serde_json::Value;
 
 use crate::events::{Customer, EmbeddedCustomer};
-use crate::store::CustomerGate;
+use crate::store::{copy_is_newer, embedded_copy, CustomerGate};
 use crate::version::{self, Stored};
 
 /// A time as PostgreSQL stores it when sqlx binds it: whole microseconds since 2000-01-01,
@@ -37,11 +37,6 @@ pub struct CustomerRow {
     pub deleted_at: Option<DateTime<Utc>>,
     pub embedded: Option<Value>,
     pub embedded_at: Option<DateTime<Utc>>,
-}
-
-/// The embedded copy as it is recorded (`customers.embedded`).
-pub fn embedded_copy(c: &EmbeddedCustomer) -> Value {
-    serde_json::json!({ "name": c.name, "email": c.email, "billingId": c.billing_id })
 }
 
 /// `store::ensure_customer` in memory. `at` is the event's own time: like the store function,
@@ -83,11 +78,7 @@ pub fn ensure(
         };
         return (CustomerGate::Live, true);
     }
-    let newer = match &r.embedded {
-        None => true,
-        Some(stored) => stored != &copy && version::supersedes(Some(r.embedded_at), at),
-    };
-    if !newer {
+    if !copy_is_newer(r.embedded.as_ref(), r.embedded_at, &copy, at) {
         return (CustomerGate::Live, false);
     }
     if r.raw.is_none() {

@@ -26,7 +26,7 @@ pub async fn ensure_customer(
     c: &EmbeddedCustomer,
     at: Option<DateTime<Utc>>,
 ) -> sqlx::Result<CustomerGate> {
-    let copy = serde_json::json!({ "name": c.name, "email": c.email, "billingId": c.billing_id });
+    let copy = embedded_copy(c);
     for _ in 0..3 {
         let row = sqlx::query(
             "SELECT is_deleted, deleted_at, embedded, embedded_at FROM customers
@@ -128,11 +128,26 @@ pub async fn upsert_customer(
     Ok(done.rows_affected() == 1)
 }
 
+/// The embedded copy as it is recorded (`customers.embedded`).
+pub fn embedded_copy(c: &EmbeddedCustomer) -> Value {
+    serde_json::json!({ "name": c.name, "email": c.email, "billingId": c.billing_id })
+}
+
 /// Whether an embedded copy must be recorded: none is yet, or this one is newer and differs.
 /// An identical newer copy is not written, so that the stream of events about a customer does
 /// not rewrite its row each time. The recorded time can therefore lag the content: of copies
 /// A at 5, A at 9 and B at 7, arriving in that order, B is recorded, though A is newest. Real
 /// streams repeat one copy until a `customer.*` event, whose fields always win.
+pub fn copy_is_newer(
+    stored: Option<&Value>,
+    stored_at: Option<DateTime<Utc>>,
+    copy: &Value,
+    at: Option<DateTime<Utc>>,
+) -> bool {
+    stored.is_none_or(|stored| stored != copy && crate::version::supersedes(Some(stored_at), at))
+}
+
+/// [`copy_is_newer`] against the row `ensure_customer` read (`embedded`, `embedded_at`).
 fn newer_copy(
     row: &sqlx::postgres::PgRow,
     copy: &Value,
@@ -140,10 +155,7 @@ fn newer_copy(
 ) -> sqlx::Result<bool> {
     let stored: Option<Value> = row.try_get(2)?;
     let stored_at: Option<DateTime<Utc>> = row.try_get(3)?;
-    let Some(stored) = stored else {
-        return Ok(true);
-    };
-    Ok(&stored != copy && crate::version::supersedes(Some(stored_at), at))
+    Ok(copy_is_newer(stored.as_ref(), stored_at, copy, at))
 }
 
 /// `customer.deleted`. The outcome does not depend on arrival order: state older than the
