@@ -31,7 +31,7 @@ pub const SET_BASED_FROM: usize = 20;
 pub struct Processor {
     pool: PgPool,
     keep_order: bool,
-    event_by_event: bool,
+    /// The smallest batch applied set-based; `usize::MAX`: every batch event by event.
     set_based_from: usize,
 }
 
@@ -40,21 +40,19 @@ impl Processor {
         Self {
             pool,
             keep_order: false,
-            event_by_event: false,
             set_based_from: SET_BASED_FROM,
         }
     }
 
     /// Apply a batch's events one after another on its transaction instead of set-based:
     /// the reference the set-based path is held to (tests, the bench's digest).
-    pub fn event_by_event(mut self, yes: bool) -> Self {
-        self.event_by_event = yes;
-        self
+    pub fn event_by_event(self) -> Self {
+        self.set_based_from(usize::MAX)
     }
 
     /// Apply each batch exactly in the given order (FIFO queues). Otherwise a batch is applied
-    /// grouped by customer, each customer's events still in their order: concurrent batches
-    /// then lock customers in the same order and cannot deadlock on them.
+    /// grouped by customer, each customer's events still in their order. (Deadlocks between
+    /// concurrent batches are ruled out by [`store::lock_customers`], not by this order.)
     pub fn keep_order(mut self, keep: bool) -> Self {
         self.keep_order = keep;
         self
@@ -113,7 +111,7 @@ impl Processor {
         let mut tx = self.pool.begin().await.map_err(Transient)?;
         let applied = async {
             store::lock_customers(&mut tx, events.iter().filter_map(|ev| ev.customer_id())).await?;
-            if !self.event_by_event && events.len() >= self.set_based_from {
+            if events.len() >= self.set_based_from {
                 return apply::batch::apply_batch(&mut tx, events).await;
             }
             let mut outcomes = Vec::with_capacity(events.len());

@@ -747,7 +747,7 @@ async fn a_column_of_an_unexpected_type_fails_the_event_instead_of_panicking() {
     let ev = events::parse(fixture("entitlements.updated").as_bytes()).unwrap();
     // the event-by-event path: the store function that reads `xmax = 0` is the one under test
     let results = Processor::new(pool.clone())
-        .event_by_event(true)
+        .event_by_event()
         .process(&[&ev])
         .await
         .expect("no transient failure");

@@ -189,7 +189,7 @@ async fn set_based_batches_end_where_event_by_event_ends() {
         )
         .await;
         let want = run(
-            &Processor::new(reference.clone()).event_by_event(true),
+            &Processor::new(reference.clone()).event_by_event(),
             &batches,
         )
         .await;
@@ -285,7 +285,7 @@ async fn concurrent_batches_over_the_same_customers_never_deadlock() {
         "one",
         Processor::new(pool.clone())
             .keep_order(true)
-            .event_by_event(true),
+            .event_by_event(),
         true,
     );
     a.await.unwrap();
