@@ -3,12 +3,13 @@
 //! replica already held, and what lost to newer state in the replica. Every function runs on
 //! the caller's transaction.
 
-use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use futures::future::BoxFuture;
 use sqlx::PgConnection;
 
 use super::snapshot::{CustomerCopy, StateCopy, SubscriptionCopy};
 use super::{Counts, Kind};
+use crate::apply::fold::as_stored;
 use crate::events::Subscription;
 use crate::store::sync::{self as sync_store, StoredSubscription};
 use crate::store::{self, CustomerGate, UsageReport};
@@ -37,9 +38,9 @@ impl Merge {
     }
 }
 
-/// Stored times have microseconds; a copy's may have more.
+/// Stored times have microseconds; a copy's may have more. Compared as stored.
 fn micros(t: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
-    t.map(|t| t.trunc_subsecs(6))
+    t.map(as_stored)
 }
 
 /// A copy from a listing page: how it merges, and which count of the pass it adds to.
