@@ -1,6 +1,8 @@
 //! SQS path: `stigg-byos worker` draining a pre-loaded queue, timed until the inbox holds every
-//! distinct message and the queue is empty; then the raw drain of the same number of messages
-//! (receive 10 + DeleteMessageBatch, no processing) it is compared with.
+//! distinct message and the queue is empty; then raw drains of the same number of messages
+//! (receive + DeleteMessageBatch, no processing): one with the worker's receive loops and
+//! messages per receive, which the target compares with, and one of 10 a receive per unit of
+//! concurrency.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -108,20 +110,13 @@ pub(super) async fn sqs_path(
     pool.close().await;
     env.delete_queue(&queue).await;
 
-    // raw drain: the same number of messages, receive 10 + DeleteMessageBatch, no processing
-    let queue = env.fresh_queue().await?;
-    sqs::preload(&env.sqs, &queue, &g.bodies).await?;
-    let loops = concurrency as usize;
-    let cpu0 = cpu_snapshot(None);
-    let raw = raw_drain(&env.sqs, &queue, n, loops).await?;
-    let cpu1 = cpu_snapshot(None);
-    env.delete_queue(&queue).await;
-    let raw_rate = n as f64 / raw.as_secs_f64();
-    note(format!(
-        "raw drain, {loops} receive loops: {n} messages in {:.2} s = {raw_rate:.0} messages/s",
-        raw.as_secs_f64()
-    ));
-    note(cpu_line(&cpu0, &cpu1, "(none)"));
+    // raw drain: the same number of messages, receive + DeleteMessageBatch, no processing,
+    // with the worker's receive loops and messages per receive (the comparison)
+    let (loops, share) = stigg_byos::consumer::receive_shape(concurrency as usize);
+    let raw_rate = raw_drain_run(env, g, n, loops, share).await?;
+    // and with one loop per message of WORKER_CONCURRENCY, 10 a receive: the queue's pace
+    // with far more in flight than the worker may hold (the comparison before 2026-11-30)
+    let wide_rate = raw_drain_run(env, g, n, concurrency as usize, 10).await?;
     let ratio = worker_rate / raw_rate;
 
     table.row(
@@ -131,8 +126,20 @@ pub(super) async fn sqs_path(
         None,
     );
     table.row(
-        &format!("SQS raw drain, {loops} loops"),
+        &format!("SQS raw drain, {loops} loops x {share}"),
         format!("{raw_rate:.0} msg/s"),
+        "",
+        None,
+    );
+    table.row(
+        &format!("SQS raw drain, {concurrency} loops x 10"),
+        format!("{wide_rate:.0} msg/s"),
+        "",
+        None,
+    );
+    table.row(
+        &format!("SQS worker / wide raw drain, c={concurrency}"),
+        format!("{:.2}", worker_rate / wide_rate),
         "",
         None,
     );
@@ -157,13 +164,37 @@ pub(super) async fn sqs_path(
     Ok(())
 }
 
-/// `loops` concurrent loops of receive (10, 1 s long poll) + DeleteMessageBatch until `total`
-/// messages are deleted. Returns the time until the last one was deleted.
+/// Drains `n` of the events' messages from a fresh queue with [`raw_drain`]; messages/s.
+async fn raw_drain_run(
+    env: &Env,
+    g: &Generated,
+    n: usize,
+    loops: usize,
+    per_receive: u32,
+) -> Result<f64> {
+    let queue = env.fresh_queue().await?;
+    sqs::preload(&env.sqs, &queue, &g.bodies).await?;
+    let cpu0 = cpu_snapshot(None);
+    let raw = raw_drain(&env.sqs, &queue, n, loops, per_receive).await?;
+    let cpu1 = cpu_snapshot(None);
+    env.delete_queue(&queue).await;
+    let rate = n as f64 / raw.as_secs_f64();
+    note(format!(
+        "raw drain, {loops} receive loops of {per_receive}: {n} messages in {:.2} s = {rate:.0} messages/s",
+        raw.as_secs_f64()
+    ));
+    note(cpu_line(&cpu0, &cpu1, "(none)"));
+    Ok(rate)
+}
+
+/// `loops` concurrent loops of receive (`per_receive`, 1 s long poll) + DeleteMessageBatch
+/// until `total` messages are deleted. Returns the time until the last one was deleted.
 async fn raw_drain(
     sqs: &aws_sdk_sqs::Client,
     queue: &str,
     total: usize,
     loops: usize,
+    per_receive: u32,
 ) -> Result<Duration> {
     let deleted = Arc::new(AtomicUsize::new(0));
     let finished: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
@@ -180,7 +211,7 @@ async fn raw_drain(
                 let out = sqs
                     .receive_message()
                     .queue_url(&queue)
-                    .max_number_of_messages(10)
+                    .max_number_of_messages(per_receive as i32)
                     .wait_time_seconds(1)
                     .send()
                     .await

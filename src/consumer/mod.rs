@@ -1,9 +1,10 @@
 //! The SQS loop: receive (long poll, up to 10 at a time, at most WORKER_CONCURRENCY in
-//! flight), apply each received batch in one transaction, keep visibility extended while work
-//! runs, delete only after the commit, dead-letter what can never apply, and drain on
-//! shutdown. It never deletes a message whose effect is not committed. The decisions are in
+//! flight), apply what the receives hold in one transaction ([`gather`]: the receives that
+//! wait while one applies are applied together), keep visibility extended while work runs,
+//! delete only after the commit, dead-letter what can never apply, and drain on shutdown. It never deletes a message whose effect is not committed. The decisions are in
 //! [`settle`] (pure), the SQS calls behind [`Queue`].
 
+mod gather;
 mod heartbeat;
 pub mod settle;
 
@@ -16,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
+use self::gather::{Batches, Gather};
 use self::heartbeat::Heartbeat;
 use self::settle::Settlement;
 use crate::dead_letters::{self, NewDeadLetter};
@@ -70,22 +72,30 @@ impl Consumer {
         let hard_stop = CancellationToken::new();
         // shutdown, or a receive loop that died
         let stop = shutdown.child_token();
-        let pollers = self.cfg.concurrency.div_ceil(10).max(1);
-        let share = self.cfg.concurrency.div_ceil(pollers).min(10) as u32;
+        let (pollers, share) = receive_shape(self.cfg.concurrency);
         self.health.set_consumer_running(true);
         info!(queue = %self.queue.url(), concurrency = self.cfg.concurrency, pollers,
               "consumer started");
+        let (gather, batches) = gather::channel();
+        let mut appliers = tokio::task::JoinSet::new();
+        for _ in 0..APPLIERS {
+            let (this, batches, stop) = (self.clone(), batches.clone(), stop.clone());
+            appliers.spawn(async move { this.apply_batches(batches, stop).await });
+        }
+        drop(batches);
         let mut loops = tokio::task::JoinSet::new();
         for _ in 0..pollers {
             let this = self.clone();
             let ctx = (
+                gather.clone(),
                 permits.clone(),
                 tasks.clone(),
                 stop.clone(),
                 hard_stop.clone(),
             );
-            loops.spawn(async move { this.poll(share, ctx.0, ctx.1, ctx.2, ctx.3).await });
+            loops.spawn(async move { this.poll(share, ctx.0, ctx.1, ctx.2, ctx.3, ctx.4).await });
         }
+        drop(gather);
         let ended = supervise(loops, &stop).await;
         info!(
             in_flight = tasks.len(),
@@ -100,15 +110,48 @@ impl Consumer {
             hard_stop.cancel();
             let _ = tokio::time::timeout(Duration::from_secs(3), tasks.wait()).await;
         }
+        // every Gather is gone with the receive loops and their tasks: the appliers end
+        let appliers_ended = match tokio::time::timeout(
+            Duration::from_secs(3),
+            supervise(std::mem::take(&mut appliers), &stop),
+        )
+        .await
+        {
+            Ok(ended) => ended,
+            Err(_) => {
+                appliers.abort_all();
+                Ok(())
+            }
+        };
         self.health.set_consumer_running(false);
         info!("consumer stopped");
-        ended
+        ended.and(appliers_ended)
+    }
+
+    /// One applier: takes what the receives hand over (see [`gather`]) and applies it as one
+    /// batch, until every receive is gone. One that panics stops the consumer, as a receive
+    /// loop does; what it held goes back to the queue.
+    async fn apply_batches(self: Arc<Self>, batches: Batches, stop: CancellationToken) {
+        let _stop_on_panic = StopOnPanic(stop.clone());
+        while let Some(batch) = batches.next().await {
+            let results = {
+                let events = batch.events();
+                debug!(
+                    receives = batch.receives(),
+                    events = events.len(),
+                    "applying"
+                );
+                self.process_with_retry(&events, &stop).await
+            };
+            batch.answer(results);
+        }
     }
 
     /// One receive loop: take permits, receive, hand the batch to a task, until shutdown.
     async fn poll(
         self: Arc<Self>,
         share: u32,
+        gather: Gather,
         permits: Arc<Semaphore>,
         tasks: TaskTracker,
         shutdown: CancellationToken,
@@ -152,11 +195,10 @@ impl Consumer {
             telemetry::in_flight(messages.len() as f64);
             let this = self.clone();
             let (shutdown, hard_stop) = (shutdown.clone(), hard_stop.clone());
+            let gather = gather.clone();
             tasks.spawn(async move {
-                let n = messages.len();
-                this.handle_batch(messages, &shutdown, &hard_stop).await;
-                telemetry::in_flight(-(n as f64));
-                drop(held);
+                this.handle_batch(messages, held, &gather, &shutdown, &hard_stop)
+                    .await;
             });
         }
     }
@@ -183,16 +225,21 @@ impl Consumer {
         }
     }
 
+    /// Applies and settles a received batch. Its permits are given back once its messages are
+    /// applied (committed) or handed back, before the delete: a message whose effect is
+    /// committed is no longer work in flight, and its delete then overlaps the next receive.
     async fn handle_batch(
         &self,
         messages: Vec<Received>,
+        held: tokio::sync::OwnedSemaphorePermit,
+        gather: &Gather,
         shutdown: &CancellationToken,
         hard_stop: &CancellationToken,
     ) {
         let receipts: Vec<String> = messages.iter().map(|m| m.receipt.clone()).collect();
         let heartbeat = self.heartbeat(receipts.clone());
         let settled = tokio::select! {
-            s = self.apply_and_settle(messages, shutdown) => s,
+            s = self.apply_and_settle(messages, gather) => s,
             _ = hard_stop.cancelled() => None,
         };
         // before the release (an extension after it would undo its delay) and the delete
@@ -215,31 +262,36 @@ impl Consumer {
                 for (m, delay) in &release {
                     self.queue.change_visibility(&[&m.receipt], *delay).await;
                 }
+                telemetry::in_flight(-(receipts.len() as f64));
+                drop(held);
                 let receipts: Vec<&str> = delete.iter().map(|m| m.receipt.as_str()).collect();
                 self.queue.delete(&receipts).await;
             }
             None => {
                 let receipts: Vec<&str> = receipts.iter().map(String::as_str).collect();
                 self.queue.change_visibility(&receipts, 0).await;
+                telemetry::in_flight(-(receipts.len() as f64));
+                drop(held);
             }
         }
     }
 
-    /// Triages, applies and settles a batch. `None` when the work was cut short by shutdown:
-    /// every message goes back.
+    /// Triages, applies (with whatever other receives are waiting) and settles a received
+    /// batch. `None` when the work was cut short by shutdown: every message goes back.
     async fn apply_and_settle(
         &self,
         messages: Vec<Received>,
-        shutdown: &CancellationToken,
+        gather: &Gather,
     ) -> Option<Settlement> {
         let max = self.cfg.max_receive_count;
-        let triaged = settle::triage(messages, max);
+        let mut triaged = settle::triage(messages, max);
         let results = if triaged.apply.is_empty() {
             Vec::new()
         } else {
-            let events: Vec<_> = triaged.apply.iter().map(|(_, e)| e).collect();
             // None: shutting down with the database unreachable, hand everything back now
-            let results = self.process_with_retry(&events, shutdown).await?;
+            let (items, results) = gather.apply(std::mem::take(&mut triaged.apply)).await?;
+            triaged.apply = items;
+            let results = results?;
             for ((m, ev), result) in triaged.apply.iter().zip(&results) {
                 if let Ok(outcome) = result {
                     if let Some(sent) = m.sent_at {
@@ -347,11 +399,35 @@ impl Consumer {
     }
 }
 
-/// A receive loop panicked: the consumer stopped, since it would otherwise run on receiving
-/// less, or nothing at all, while the process looks alive.
+/// How `concurrency` messages in flight are received: by how many receive loops, each
+/// receiving how many messages at a time (SQS gives at most 10).
+pub fn receive_shape(concurrency: usize) -> (usize, u32) {
+    let loops = concurrency.div_ceil(10).max(1);
+    let share = concurrency.div_ceil(loops).clamp(1, 10) as u32;
+    (loops, share)
+}
+
+/// A receive loop or an applier panicked: the consumer stopped, since it would otherwise run
+/// on receiving or applying less, or nothing at all, while the process looks alive.
 #[derive(Debug, thiserror::Error)]
-#[error("a receive loop panicked: {0}")]
+#[error("a consumer task panicked: {0}")]
 pub struct PollerDied(String);
+
+/// How many transactions apply gathered receives at once. Two: one commits while the next
+/// batch gathers and applies, and each grows to what arrived meanwhile (BENCHMARKS.md,
+/// issue 11).
+const APPLIERS: usize = 2;
+
+/// Cancels the token when dropped by a panic, so that the receive loops stop too.
+struct StopOnPanic(CancellationToken);
+
+impl Drop for StopOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.cancel();
+        }
+    }
+}
 
 /// Waits for the receive loops to end. One that panics is logged with why, and stops the
 /// others (through `stop`) and the consumer with an error.
@@ -363,7 +439,7 @@ async fn supervise(
     while let Some(ended) = loops.join_next().await {
         let Err(e) = ended else { continue };
         let why = panic_message(e);
-        error!(reason = %why, "a receive loop panicked; stopping the consumer");
+        error!(reason = %why, "a consumer task panicked; stopping the consumer");
         stop.cancel();
         died.get_or_insert(PollerDied(why));
     }

@@ -116,11 +116,11 @@ pub fn retry_delay(receive_count: u32) -> i32 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::apply::Outcome;
 
-    fn received(id: &str, body: &str, receive_count: u32) -> Received {
+    pub(in crate::consumer) fn received(id: &str, body: &str, receive_count: u32) -> Received {
         Received {
             message_id: id.into(),
             receipt: format!("receipt-{id}"),
@@ -131,7 +131,7 @@ mod tests {
         }
     }
 
-    fn event(message_id: &str) -> String {
+    pub(in crate::consumer) fn event(message_id: &str) -> String {
         serde_json::json!({
             "type": "customer.updated",
             "messageId": message_id,
