@@ -440,5 +440,9 @@ fn time<S: serde::Serializer>(v: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, 
     }
 }
 
+pub mod snapshot;
+
+pub use snapshot::CustomerAccess;
+
 #[cfg(test)]
 mod tests;

@@ -26,6 +26,16 @@ pub fn worker_database() -> ExponentialBuilder {
         .without_max_times()
 }
 
+/// Listening for changes again after the connection was lost (the access cache is bypassed
+/// meanwhile): 100 ms doubling to 3 s, forever.
+pub fn change_listener() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(3))
+        .with_jitter()
+        .without_max_times()
+}
+
 /// A transient failure of a one-shot command's batch (`ingest`, `dlq replay`): 200 ms doubling
 /// to 5 s, 12 times, then the command fails.
 pub fn command_database() -> ExponentialBuilder {

@@ -93,6 +93,11 @@ pub struct Settings {
           value_parser = clap::value_parser!(u32).range(1..=256))]
     pub read_connections: Option<u32>,
 
+    /// Memory for the access cache of the serving process, in MiB (0 turns it off).
+    #[arg(long, env = "ACCESS_CACHE_MB", global = true, default_value_t = 128,
+          value_parser = clap::value_parser!(u32).range(0..=1_048_576))]
+    pub access_cache_mb: u32,
+
     /// Long-poll wait of each receive, in seconds (0–20).
     #[arg(long, env = "SQS_WAIT_SECONDS", global = true, default_value_t = 20,
           value_parser = clap::value_parser!(u32).range(0..=20))]
@@ -165,6 +170,7 @@ impl std::fmt::Debug for Settings {
             .field("api_tokens", &redacted(&self.api_tokens))
             .field("worker_concurrency", &self.worker_concurrency)
             .field("read_connections", &self.read_connections)
+            .field("access_cache_mb", &self.access_cache_mb)
             .field("sqs_wait_seconds", &self.sqs_wait_seconds)
             .field("sqs_visibility_timeout", &self.sqs_visibility_timeout)
             .field("max_receive_count", &self.max_receive_count)

@@ -1,5 +1,5 @@
-//! Shared liveness facts: whether the consumer loop runs and whether the database answered
-//! last time the worker tried. Read by `/readyz` and by the consumer's receive gate.
+//! Shared liveness facts: whether the consumer loop runs, whether the database answered
+//! last time the worker tried, and whether the HTTP reads are warmed up. Read by `/readyz` and by the consumer's receive gate.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -8,6 +8,9 @@ pub struct Health {
     /// `None` when this process runs no consumer (`serve`).
     consumer_running: Option<AtomicBool>,
     database_ok: AtomicBool,
+    /// The hot reads' connections are open and their statements prepared ([`crate::reads`]):
+    /// a request is served at full speed.
+    warm: AtomicBool,
 }
 
 impl Health {
@@ -15,7 +18,16 @@ impl Health {
         Self {
             consumer_running: with_consumer.then(|| AtomicBool::new(false)),
             database_ok: AtomicBool::new(true),
+            warm: AtomicBool::new(false),
         }
+    }
+
+    pub fn set_warm(&self) {
+        self.warm.store(true, Ordering::SeqCst);
+    }
+
+    pub fn warm(&self) -> bool {
+        self.warm.load(Ordering::SeqCst)
     }
 
     pub fn set_consumer_running(&self, running: bool) {

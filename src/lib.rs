@@ -8,6 +8,7 @@
 pub mod access;
 pub mod apply;
 pub mod backoff;
+pub mod cache;
 pub mod cli;
 pub mod commands;
 pub mod config;
@@ -109,12 +110,24 @@ pub async fn run(
         if tokens.is_empty() {
             tracing::warn!("API_TOKENS is unset: /check-access and /graphql are open to anyone who can reach them");
         }
+        let access = cache::AccessCache::new(u64::from(settings.access_cache_mb) << 20);
+        tasks.spawn(
+            cache::listen(
+                access.clone(),
+                (*pool.connect_options()).clone(),
+                shutdown.clone(),
+            )
+            .map(Ok),
+        );
+        let reads = Arc::new(reads::ReadPool::new(
+            (*pool.connect_options()).clone(),
+            settings.read_connections(),
+        ));
+        tasks.spawn(reads::warm_up(reads.clone(), health.clone(), shutdown.clone()).map(Ok));
         let state = http::AppState {
             pool: pool.clone(),
-            reads: Arc::new(reads::ReadPool::new(
-                (*pool.connect_options()).clone(),
-                settings.read_connections(),
-            )),
+            reads,
+            access,
             health: health.clone(),
             tokens: Arc::new(tokens),
         };

@@ -130,6 +130,9 @@ impl Processor {
             }
         };
         // a failed commit wrote nothing, transient or not, so retrying is always safe
+        store::notify_changed(&mut tx, events.iter().filter_map(|ev| ev.customer_id()))
+            .await
+            .map_err(Transient)?;
         tx.commit().await.map_err(Transient)?;
         Ok(Some(outcomes))
     }
@@ -149,6 +152,9 @@ impl Processor {
             match applied {
                 Ok(o) => {
                     // a failed commit wrote nothing, transient or not, so retrying is always safe
+                    store::notify_changed(&mut tx, ev.customer_id())
+                        .await
+                        .map_err(Transient)?;
                     tx.commit().await.map_err(Transient)?;
                     results.push(Ok(o));
                 }

@@ -10,13 +10,17 @@
 //! completed, with an answer or a database error; one whose call was cancelled midway is
 //! dropped, never reused.
 
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use backon::BackoffBuilder;
 use futures::future::BoxFuture;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::Connection;
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::health::Health;
 
 /// How long a caller waits for a free connection, and for a new one to open.
 const WAIT: Duration = Duration::from_secs(2);
@@ -90,6 +94,41 @@ impl ReadPool {
             }
         }
         result
+    }
+}
+
+/// Opens every connection of `reads` and prepares the hot reads' statements on each, then
+/// marks the process warm (`/readyz`), so that the first requests do not pay for opening
+/// connections and parsing statements. Retried until it succeeds or shutdown.
+pub async fn warm_up(reads: Arc<ReadPool>, health: Arc<Health>, shutdown: CancellationToken) {
+    let mut backoff = crate::backoff::change_listener().build();
+    loop {
+        // all at once, so that each read takes a connection of its own
+        let opened = futures::future::join_all((0..reads.max).map(|_| {
+            let read: Read<str, _> = |conn, id| {
+                Box::pin(async move {
+                    crate::store::load_access(&mut *conn, id, None, "").await?;
+                    crate::store::load_customer_access(&mut *conn, id).await?;
+                    Ok(())
+                })
+            };
+            let reads = reads.clone();
+            async move { reads.run("\u{1}warm-up", read).await }
+        }))
+        .await;
+        match opened.into_iter().find_map(Result::err) {
+            None => {
+                health.set_warm();
+                tracing::debug!(connections = reads.max, "hot reads warmed up");
+                return;
+            }
+            Some(e) => tracing::debug!(error = %e, "cannot warm up the hot reads yet"),
+        }
+        let wait = backoff.next().unwrap_or(Duration::from_secs(3));
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.cancelled() => return,
+        }
     }
 }
 

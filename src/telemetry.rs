@@ -95,6 +95,26 @@ fn describe() {
         "Access decisions by result"
     );
     metrics::describe_histogram!("stigg_byos_check_access_seconds", "Access decision latency");
+    metrics::describe_counter!(
+        "stigg_byos_access_cache_total",
+        "Access cache events: hit, miss, evicted (for size), invalidated (by a change notification), not_installed (a load overtaken by a change)"
+    );
+    metrics::describe_counter!(
+        "stigg_byos_access_cache_listener_reconnects_total",
+        "Times the change listener connected again after losing its connection"
+    );
+    metrics::describe_histogram!(
+        "stigg_byos_access_cache_invalidation_seconds",
+        "Time from a writer's change notification (sent just before its commit) to the access cache dropping the customer"
+    );
+    metrics::describe_gauge!(
+        "stigg_byos_access_cache_listening",
+        "1 while the change listener listens (the access cache is in use), else 0"
+    );
+    metrics::describe_gauge!(
+        "stigg_byos_access_cache_bytes",
+        "Weighed size of the access cache"
+    );
     metrics::describe_histogram!(
         APPLY_LAG,
         "Time from an applied event's own time to the commit of its change"
@@ -220,6 +240,27 @@ pub fn delete_error(n: u64) {
 
 pub fn in_flight(delta: f64) {
     metrics::gauge!("stigg_byos_in_flight").increment(delta);
+}
+
+/// An access cache event: `hit`, `miss`, `evicted`, `invalidated`, `not_installed`.
+pub fn access_cache(event: &'static str) {
+    metrics::counter!("stigg_byos_access_cache_total", "event" => event).increment(1);
+}
+
+pub fn access_cache_reconnect() {
+    metrics::counter!("stigg_byos_access_cache_listener_reconnects_total").increment(1);
+}
+
+pub fn access_cache_notified(seconds: f64) {
+    metrics::histogram!("stigg_byos_access_cache_invalidation_seconds").record(seconds);
+}
+
+pub fn access_cache_listening(listening: bool) {
+    metrics::gauge!("stigg_byos_access_cache_listening").set(if listening { 1.0 } else { 0.0 });
+}
+
+pub fn access_cache_bytes(bytes: u64) {
+    metrics::gauge!("stigg_byos_access_cache_bytes").set(bytes as f64);
 }
 
 pub fn check_access(result: &'static str, seconds: f64) {

@@ -221,7 +221,7 @@ impl Customer {
         requested_values: Option<Vec<String>>,
     ) -> Result<AccessDecision> {
         entitlements::access(
-            &Loaders::of(ctx).pool,
+            Loaders::of(ctx),
             &self.customer_id,
             feature_id,
             resource_id,

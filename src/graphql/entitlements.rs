@@ -5,9 +5,9 @@
 use async_graphql::{Result, SimpleObject};
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
-use sqlx::PgPool;
 
 use super::error::Internal;
+use super::rows::Loaders;
 use super::scalars::Datetime;
 use crate::access::{
     decide, is_metered, AccessRequest, Decision, StoredAccess, StoredEntitlement, StoredUsage,
@@ -166,7 +166,7 @@ impl From<Decision> for AccessDecision {
 
 /// `/check-access`'s decision: the same validation (§7.11), one query, the same rules (§5).
 pub async fn access(
-    pool: &PgPool,
+    loaders: &Loaders,
     customer_id: &str,
     feature_id: String,
     resource_id: Option<String>,
@@ -181,7 +181,13 @@ pub async fn access(
         requested_values,
     )?;
     let decision = crate::access::check(&request, Utc::now(), |lookup| async move {
-        store::load_access(pool, lookup.customer, lookup.resource, lookup.feature)
+        (loaders.access)
+            .access(
+                &loaders.reads,
+                lookup.customer,
+                lookup.resource,
+                lookup.feature,
+            )
             .await
             .map_err(Internal::from)
     })

@@ -33,6 +33,7 @@ use sqlx::PgPool;
 
 use self::query::Query;
 use self::rows::Loaders;
+use crate::cache::AccessCache;
 use crate::reads::ReadPool;
 
 type ReplicaSchema = Schema<Query, EmptyMutation, EmptySubscription>;
@@ -48,6 +49,7 @@ struct Api {
     schema: ReplicaSchema,
     pool: PgPool,
     reads: Arc<ReadPool>,
+    access: Arc<AccessCache>,
     documents: guard::Documents,
 }
 
@@ -63,13 +65,18 @@ pub fn sdl() -> String {
 }
 
 /// `POST /graphql`, `GET /graphql` (guarded by the bearer-token layer).
-pub fn routes<S: Clone + Send + Sync + 'static>(pool: PgPool, reads: Arc<ReadPool>) -> Router<S> {
+pub fn routes<S: Clone + Send + Sync + 'static>(
+    pool: PgPool,
+    reads: Arc<ReadPool>,
+    access: Arc<AccessCache>,
+) -> Router<S> {
     Router::new()
         .route("/graphql", get(graphql_get).post(graphql_post))
         .with_state(Arc::new(Api {
             schema: schema(),
             pool,
             reads,
+            access,
             documents: guard::Documents::default(),
         }))
 }
@@ -109,7 +116,11 @@ async fn execute(api: &Api, mut request: async_graphql::Request) -> Response {
     if let Err(e) = api.documents.prepare(&mut request) {
         return json(&async_graphql::Response::from_errors(vec![e]));
     }
-    let request = request.data(Loaders::new(api.pool.clone(), api.reads.clone()));
+    let request = request.data(Loaders::new(
+        api.pool.clone(),
+        api.reads.clone(),
+        api.access.clone(),
+    ));
     json(&api.schema.execute(request).await)
 }
 

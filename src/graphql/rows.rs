@@ -21,6 +21,7 @@ use sqlx::{FromRow, PgPool, Row};
 use super::entitlements::{merge_usage, StoredRow};
 use super::error::Internal;
 use super::page::{fetch_children, Column, Node, Page, Spec, Table, Value};
+use crate::cache::AccessCache;
 use crate::reads::{Read, ReadPool};
 use crate::store;
 
@@ -253,6 +254,8 @@ pub struct Loaders {
     pub pool: PgPool,
     /// For the single-row lookups ([`crate::reads`]).
     pub reads: Arc<ReadPool>,
+    /// Customers' access data in memory ([`crate::cache`]).
+    pub access: Arc<AccessCache>,
     customers: Cached<CustomerLoader>,
     subscription_pages: Cached<SubscriptionPageLoader>,
     entitlement_json: Cached<EntitlementJsonLoader>,
@@ -260,10 +263,11 @@ pub struct Loaders {
 }
 
 impl Loaders {
-    pub fn new(pool: PgPool, reads: Arc<ReadPool>) -> Self {
+    pub fn new(pool: PgPool, reads: Arc<ReadPool>, access: Arc<AccessCache>) -> Self {
         Loaders {
             pool,
             reads,
+            access,
             customers: OnceLock::new(),
             subscription_pages: OnceLock::new(),
             entitlement_json: OnceLock::new(),

@@ -12,8 +12,7 @@ use serde_json::Value;
 
 use super::{ApiError, AppState};
 use crate::access::{self, AccessRequest};
-use crate::reads::Read;
-use crate::{store, telemetry};
+use crate::telemetry;
 
 pub async fn check_access(
     State(state): State<AppState>,
@@ -22,13 +21,14 @@ pub async fn check_access(
     let started = Instant::now();
     let request = parse_request(&body).map_err(ApiError::bad_request)?;
     let decision = access::check(&request, chrono::Utc::now(), |lookup| async move {
-        let key = (lookup.customer, lookup.resource, lookup.feature);
-        let read: Read<(&str, Option<&str>, &str), _> = |conn, &(customer, resource, feature)| {
-            Box::pin(store::load_access(conn, customer, resource, feature))
-        };
         state
-            .reads
-            .run(&key, read)
+            .access
+            .access(
+                &state.reads,
+                lookup.customer,
+                lookup.resource,
+                lookup.feature,
+            )
             .await
             .map_err(|e| ApiError::internal(&e))
     })

@@ -19,6 +19,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
+use crate::cache::AccessCache;
 use crate::health::Health;
 use crate::reads::ReadPool;
 
@@ -30,6 +31,8 @@ pub struct AppState {
     pub pool: PgPool,
     /// The hot read paths' connections ([`crate::reads`]).
     pub reads: Arc<ReadPool>,
+    /// Customers' access data in memory ([`crate::cache`]).
+    pub access: Arc<AccessCache>,
     pub health: Arc<Health>,
     pub tokens: Arc<Vec<String>>,
 }
@@ -72,6 +75,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::graphql::routes(
             state.pool.clone(),
             state.reads.clone(),
+            state.access.clone(),
         ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -100,7 +104,8 @@ async fn healthz() -> impl IntoResponse {
     Json(json!({ "status": "ok" }))
 }
 
-/// 200 when the database answers and the consumer runs, else 503; always within 2 s (§7.3).
+/// 200 when the database answers, the consumer runs and the hot reads are warmed up (their
+/// connections open), else 503; always within 2 s (§7.3).
 async fn readyz(State(state): State<AppState>) -> Response {
     let ping = tokio::time::timeout(
         Duration::from_millis(1500),
@@ -109,19 +114,26 @@ async fn readyz(State(state): State<AppState>) -> Response {
     .await;
     let database = matches!(ping, Ok(Ok(_)));
     let consumer = state.health.consumer_ok();
-    let status = if database && consumer {
+    let warm = state.health.warm();
+    let status = if database && consumer && warm {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (
         status,
-        Json(json!({ "database": database, "consumer": consumer })),
+        Json(json!({
+            "database": database,
+            "consumer": consumer,
+            "warm": warm,
+            "access_cache": state.access.is_listening(),
+        })),
     )
         .into_response()
 }
 
-async fn metrics() -> impl IntoResponse {
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    crate::telemetry::access_cache_bytes(state.access.weighed_bytes());
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         crate::telemetry::render(),

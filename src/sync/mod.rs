@@ -435,6 +435,7 @@ impl Pass<'_> {
             C::kind(&mut counts).plus(page);
             let counts = self.counts_json(&counts);
             sync_store::save_progress(&mut tx, run, phase, next, None, &counts).await?;
+            store::notify_changed(&mut tx, copies.iter().map(|c| c.customer_id())).await?;
             tx.commit().await?;
             Ok::<_, sqlx::Error>(page)
         })
@@ -540,6 +541,7 @@ impl Pass<'_> {
             store::lock_customers(&mut tx, [item.customer_id.as_str()]).await?;
             let m =
                 merge::state(&mut tx, &item.customer_id, item.listed_at, &copy, read_at).await?;
+            store::notify_changed(&mut tx, [item.customer_id.as_str()]).await?;
             tx.commit().await?;
             Ok::<_, sqlx::Error>(m)
         })
@@ -579,6 +581,7 @@ impl Pass<'_> {
                 for id in batch {
                     pruned += u64::from(store::delete_customer(&mut tx, id, Some(at)).await?);
                 }
+                store::notify_changed(&mut tx, batch.iter().map(String::as_str)).await?;
                 tx.commit().await?;
                 Ok::<_, sqlx::Error>(pruned)
             })

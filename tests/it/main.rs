@@ -2,6 +2,7 @@
 //! per area, a fresh database and queue per test.
 
 mod apply;
+mod cache;
 mod consumer;
 mod faults;
 mod graphql;

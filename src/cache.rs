@@ -1,0 +1,418 @@
+//! The access cache: each customer's access data ([`CustomerAccess`]) in memory, filled on
+//! read, bounded in bytes (`ACCESS_CACHE_MB`), and kept exact by PostgreSQL's
+//! `LISTEN/NOTIFY`: every writer of a customer notifies at its commit
+//! ([`store::notify_changed`]), and [`listen`] drops the customers it hears.
+//!
+//! The guarantees, and how each is kept:
+//! - **A load never installs a copy older than a notification that arrived during it.** Each
+//!   key belongs to a stripe with a generation; a notification bumps it (and drops the key)
+//!   under the stripe's lock, and a load installs its copy under the same lock only if the
+//!   generation is the one it read before it queried.
+//! - **Answers never go back in time for a process.** Loads of a key are serialized (per
+//!   stripe), and a load that finds the key already filled uses that copy, so two copies of
+//!   one customer are never raced into the cache.
+//! - **Nothing is served from the cache while it may have missed a notification.** When the
+//!   listening connection is lost the cache is emptied and bypassed (every read goes to the
+//!   database) until listening again; loads begun before that are not installed (an epoch).
+//!
+//! The decision itself is still computed per request, from the cached data and the clock.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use backon::BackoffBuilder;
+use moka::notification::RemovalCause;
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::access::{CustomerAccess, StoredAccess};
+use crate::reads::{Read, ReadPool};
+use crate::store::{self, resource_key};
+use crate::telemetry;
+
+/// The `application_name` of the listening connection.
+pub const LISTENER_NAME: &str = "stigg-byos change listener";
+
+/// How many stripes the keys are spread over (a power of two).
+const STRIPES: usize = 1024;
+
+/// How often the listening connection is checked with a query, so that a connection that
+/// died without closing is noticed.
+const PING_EVERY: Duration = Duration::from_secs(5);
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A cached customer: `None` when unknown or deleted (a miss answered by the database is
+/// cached too; the customer's creation notifies like any change).
+type Entry = Arc<Option<CustomerAccess>>;
+
+pub struct AccessCache {
+    /// `None` when `ACCESS_CACHE_MB` is 0: every read goes to the database.
+    entries: Option<moka::sync::Cache<String, Entry>>,
+    stripes: Box<[Stripe]>,
+    /// A notification connection is listening: the cache may be used.
+    listening: AtomicBool,
+    /// Bumped whenever listening stops or starts: a load begun in another epoch does not
+    /// install.
+    epoch: AtomicU64,
+}
+
+#[derive(Default)]
+struct Stripe {
+    /// Held while a key of the stripe is loaded: one load per stripe at a time.
+    load: tokio::sync::Mutex<()>,
+    /// Bumped by every notification for a key of the stripe.
+    generation: Mutex<u64>,
+}
+
+impl AccessCache {
+    /// A cache of at most `bytes` (0: off). It is bypassed until [`listen`] listens.
+    pub fn new(bytes: u64) -> Arc<Self> {
+        let entries = (bytes > 0).then(|| {
+            moka::sync::Cache::builder()
+                .max_capacity(bytes)
+                .weigher(|k: &String, v: &Entry| -> u32 {
+                    let value = v.as_ref().as_ref().map_or(0, CustomerAccess::weight);
+                    value.saturating_add(k.len() as u32 + 64)
+                })
+                .eviction_listener(|_, _, cause| {
+                    if matches!(cause, RemovalCause::Size) {
+                        telemetry::access_cache("evicted");
+                    }
+                })
+                .build()
+        });
+        Arc::new(Self {
+            entries,
+            stripes: (0..STRIPES).map(|_| Stripe::default()).collect(),
+            listening: AtomicBool::new(false),
+            epoch: AtomicU64::new(0),
+        })
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.entries.is_some()
+    }
+
+    /// What the decision needs for this customer, resource and feature: from the cache when
+    /// it may be used, else (cache off, or not listening) by the one-row query.
+    pub async fn access(
+        &self,
+        reads: &ReadPool,
+        customer: &str,
+        resource: Option<&str>,
+        feature: &str,
+    ) -> sqlx::Result<StoredAccess> {
+        let Some(entries) = self.usable() else {
+            let key = (customer, resource, feature);
+            let read: Read<(&str, Option<&str>, &str), _> =
+                |conn, &(c, r, f)| Box::pin(store::load_access(conn, c, r, f));
+            return reads.run(&key, read).await;
+        };
+        let entry = match entries.get(customer) {
+            Some(entry) => {
+                telemetry::access_cache("hit");
+                entry
+            }
+            None => {
+                let read: Read<str, _> =
+                    |conn, customer| Box::pin(store::load_customer_access(conn, customer));
+                self.fill(entries, customer, || reads.run(customer, read))
+                    .await?
+            }
+        };
+        Ok(match entry.as_ref() {
+            Some(c) => c.stored(resource_key(resource), feature),
+            None => StoredAccess::default(),
+        })
+    }
+
+    /// The cache, when it may be used now.
+    fn usable(&self) -> Option<&moka::sync::Cache<String, Entry>> {
+        self.entries
+            .as_ref()
+            .filter(|_| self.listening.load(Ordering::SeqCst))
+    }
+
+    /// Loads `customer` (one load per stripe at a time) and installs it unless a notification
+    /// for its stripe, or a change of listening, came in meanwhile.
+    async fn fill<Load, Loading>(
+        &self,
+        entries: &moka::sync::Cache<String, Entry>,
+        customer: &str,
+        load: Load,
+    ) -> sqlx::Result<Entry>
+    where
+        Load: FnOnce() -> Loading,
+        Loading: std::future::Future<Output = sqlx::Result<Option<CustomerAccess>>>,
+    {
+        let stripe = self.stripe(customer);
+        let _loading = stripe.load.lock().await;
+        if let Some(entry) = entries.get(customer) {
+            telemetry::access_cache("hit");
+            return Ok(entry);
+        }
+        telemetry::access_cache("miss");
+        let generation = *lock(&stripe.generation);
+        let epoch = self.epoch.load(Ordering::SeqCst);
+        let entry: Entry = Arc::new(load().await?);
+        let current = lock(&stripe.generation);
+        if *current == generation
+            && self.epoch.load(Ordering::SeqCst) == epoch
+            && self.listening.load(Ordering::SeqCst)
+        {
+            entries.insert(customer.to_owned(), entry.clone());
+        } else {
+            telemetry::access_cache("not_installed");
+        }
+        drop(current);
+        Ok(entry)
+    }
+
+    /// A notification for `customer`: its copy (if any) is dropped, and a load under way
+    /// will not install what it read.
+    pub fn invalidate(&self, customer: &str) {
+        let Some(entries) = &self.entries else { return };
+        let stripe = self.stripe(customer);
+        let mut generation = lock(&stripe.generation);
+        *generation += 1;
+        entries.invalidate(customer);
+        drop(generation);
+        telemetry::access_cache("invalidated");
+    }
+
+    /// Listening stopped: notifications may be missed from now on. Bypass and empty.
+    pub fn stopped_listening(&self) {
+        self.listening.store(false, Ordering::SeqCst);
+        telemetry::access_cache_listening(false);
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        if let Some(entries) = &self.entries {
+            entries.invalidate_all();
+        }
+    }
+
+    /// Listening (again): every later commit will be heard. Whatever was cached before is
+    /// dropped, since commits in between were not heard.
+    pub fn started_listening(&self) {
+        if let Some(entries) = &self.entries {
+            entries.invalidate_all();
+        }
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.listening.store(true, Ordering::SeqCst);
+        telemetry::access_cache_listening(true);
+    }
+
+    /// The cache's weighed size in bytes, for `/metrics`.
+    pub fn weighed_bytes(&self) -> u64 {
+        self.entries.as_ref().map_or(0, |e| {
+            e.run_pending_tasks();
+            e.weighted_size()
+        })
+    }
+
+    pub fn is_listening(&self) -> bool {
+        self.listening.load(Ordering::SeqCst)
+    }
+
+    fn stripe(&self, customer: &str) -> &Stripe {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(customer);
+        &self.stripes[hash as usize & (STRIPES - 1)]
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Keeps `cache` exact while it runs: listens on [`store::CHANGES_CHANNEL`], drops each
+/// customer it hears, and when the connection is lost (or stops answering its ping)
+/// bypasses the cache until listening again. Returns on `shutdown`.
+pub async fn listen(
+    cache: Arc<AccessCache>,
+    options: PgConnectOptions,
+    shutdown: CancellationToken,
+) {
+    if !cache.enabled() {
+        return;
+    }
+    // a pool of its own, so that its one connection is named in pg_stat_activity
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_lazy_with(options.application_name(LISTENER_NAME));
+    let mut backoff = crate::backoff::change_listener().build();
+    let mut first = true;
+    loop {
+        match subscribe(&pool).await {
+            Ok(mut listener) => {
+                cache.started_listening();
+                if !first {
+                    telemetry::access_cache_reconnect();
+                    info!("listening for changes again; access cache back in use");
+                }
+                first = false;
+                backoff = crate::backoff::change_listener().build();
+                let why = hear(&cache, &mut listener, &shutdown).await;
+                cache.stopped_listening();
+                match why {
+                    None => return, // shutdown
+                    Some(e) => warn!(error = %e,
+                        "lost the connection listening for changes; access cache bypassed"),
+                }
+            }
+            Err(e) => debug!(error = %e, "cannot listen for changes yet"),
+        }
+        let wait = backoff.next().unwrap_or(Duration::from_secs(3));
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+async fn subscribe(pool: &PgPool) -> sqlx::Result<PgListener> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen(store::CHANGES_CHANNEL).await?;
+    Ok(listener)
+}
+
+/// Drops what the notifications name until the connection fails (`Some(why)`) or shutdown
+/// (`None`).
+async fn hear(
+    cache: &AccessCache,
+    listener: &mut PgListener,
+    shutdown: &CancellationToken,
+) -> Option<String> {
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ping.tick().await;
+    loop {
+        tokio::select! {
+            heard = listener.try_recv() => match heard {
+                Ok(Some(n)) => {
+                    let Some((sent_us, customer)) = store::parse_change(n.payload()) else {
+                        warn!(payload = n.payload(), "unreadable change notification; emptying the access cache");
+                        cache.stopped_listening();
+                        cache.started_listening();
+                        continue;
+                    };
+                    cache.invalidate(customer);
+                    telemetry::access_cache_notified(seconds_since(sent_us));
+                }
+                Ok(None) => return Some("connection closed".into()),
+                Err(e) => return Some(e.to_string()),
+            },
+            _ = ping.tick() => {
+                let alive = tokio::time::timeout(
+                    PING_TIMEOUT,
+                    sqlx::query("SELECT 1").execute(&mut *listener),
+                )
+                .await;
+                match alive {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return Some(e.to_string()),
+                    Err(_) => return Some("no answer to a ping".into()),
+                }
+            }
+            _ = shutdown.cancelled() => return None,
+        }
+    }
+}
+
+/// Seconds from `unix_us` to now (0 when the clocks disagree the other way).
+fn seconds_since(unix_us: i64) -> f64 {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64);
+    ((now - unix_us) as f64 / 1e6).max(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn copy(has_active: bool) -> CustomerAccess {
+        CustomerAccess::new(has_active, Default::default(), Default::default())
+    }
+
+    async fn get(cache: &AccessCache, customer: &str) -> Option<bool> {
+        let entries = cache.usable().expect("in use");
+        entries
+            .get(customer)
+            .map(|e| e.as_ref().as_ref().expect("live").has_active_subscription)
+    }
+
+    #[tokio::test]
+    async fn a_load_overtaken_by_a_notification_answers_but_does_not_install() {
+        let cache = AccessCache::new(1 << 20);
+        cache.started_listening();
+        let entries = cache.entries.as_ref().unwrap();
+        let (release, loaded) = tokio::sync::oneshot::channel::<()>();
+        let filling = cache.fill(entries, "c", || async move {
+            loaded.await.unwrap();
+            Ok(Some(copy(false))) // read before the change
+        });
+        let notify = async {
+            tokio::task::yield_now().await;
+            cache.invalidate("c"); // the change's commit is heard meanwhile
+            release.send(()).unwrap();
+        };
+        let (filled, ()) = tokio::join!(filling, notify);
+        assert!(filled.unwrap().is_some(), "the request is still answered");
+        assert_eq!(
+            get(&cache, "c").await,
+            None,
+            "the older copy was not installed"
+        );
+        // a load with nothing overtaking it is installed
+        cache
+            .fill(entries, "c", || async { Ok(Some(copy(true))) })
+            .await
+            .unwrap();
+        assert_eq!(get(&cache, "c").await, Some(true));
+        cache.invalidate("c");
+        assert_eq!(get(&cache, "c").await, None);
+    }
+
+    #[tokio::test]
+    async fn losing_the_listener_bypasses_and_empties_and_loads_begun_before_do_not_install() {
+        let cache = AccessCache::new(1 << 20);
+        assert!(cache.usable().is_none(), "bypassed until listening");
+        cache.started_listening();
+        let entries = cache.entries.as_ref().unwrap();
+        cache
+            .fill(entries, "a", || async { Ok(Some(copy(true))) })
+            .await
+            .unwrap();
+        let (release, loaded) = tokio::sync::oneshot::channel::<()>();
+        let filling = cache.fill(entries, "b", || async move {
+            loaded.await.unwrap();
+            Ok(Some(copy(true)))
+        });
+        let reconnect = async {
+            tokio::task::yield_now().await;
+            cache.stopped_listening();
+            assert!(cache.usable().is_none(), "bypassed while not listening");
+            cache.started_listening();
+            release.send(()).unwrap();
+        };
+        let (filled, ()) = tokio::join!(filling, reconnect);
+        filled.unwrap();
+        assert_eq!(get(&cache, "a").await, None, "emptied");
+        assert_eq!(
+            get(&cache, "b").await,
+            None,
+            "a load from before is not installed"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_cache_of_zero_bytes_is_off() {
+        let cache = AccessCache::new(0);
+        cache.started_listening();
+        assert!(!cache.enabled());
+        assert!(cache.usable().is_none());
+    }
+}
