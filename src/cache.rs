@@ -24,11 +24,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use backon::BackoffBuilder;
 use moka::notification::RemovalCause;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
-use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::access::{CustomerAccess, StoredAccess};
+use crate::graphql::rows::Customer;
 use crate::reads::{Read, ReadPool};
 use crate::store::{self, resource_key};
 use crate::telemetry;
@@ -48,9 +48,15 @@ const PING_TIMEOUT: Duration = Duration::from_secs(2);
 /// cached too; the customer's creation notifies like any change).
 type Entry = Arc<Option<CustomerAccess>>;
 
+/// A customer as GraphQL's `customer(customerId)` shows it, with its first page of
+/// subscriptions; `None` when unknown or deleted.
+type CustomerEntry = Arc<Option<Customer>>;
+
 pub struct AccessCache {
     /// `None` when `ACCESS_CACHE_MB` is 0: every read goes to the database.
     entries: Option<moka::sync::Cache<String, Entry>>,
+    /// GraphQL's customers by id, under the same invalidation; a quarter of the memory.
+    customers: Option<moka::sync::Cache<String, CustomerEntry>>,
     stripes: Box<[Stripe]>,
     /// A notification connection is listening: the cache may be used.
     listening: AtomicBool,
@@ -70,9 +76,23 @@ struct Stripe {
 impl AccessCache {
     /// A cache of at most `bytes` (0: off). It is bypassed until [`listen`] listens.
     pub fn new(bytes: u64) -> Arc<Self> {
+        let customers = (bytes > 0).then(|| {
+            moka::sync::Cache::builder()
+                .max_capacity(bytes / 4)
+                .weigher(|k: &String, v: &CustomerEntry| -> u32 {
+                    let value = v.as_ref().as_ref().map_or(0, customer_weight);
+                    value.saturating_add(k.len() as u32 + 64)
+                })
+                .eviction_listener(|_, _, cause| {
+                    if matches!(cause, RemovalCause::Size) {
+                        telemetry::access_cache("evicted");
+                    }
+                })
+                .build()
+        });
         let entries = (bytes > 0).then(|| {
             moka::sync::Cache::builder()
-                .max_capacity(bytes)
+                .max_capacity(bytes - bytes / 4)
                 .weigher(|k: &String, v: &Entry| -> u32 {
                     let value = v.as_ref().as_ref().map_or(0, CustomerAccess::weight);
                     value.saturating_add(k.len() as u32 + 64)
@@ -86,6 +106,7 @@ impl AccessCache {
         });
         Arc::new(Self {
             entries,
+            customers,
             stripes: (0..STRIPES).map(|_| Stripe::default()).collect(),
             listening: AtomicBool::new(false),
             epoch: AtomicU64::new(0),
@@ -129,6 +150,34 @@ impl AccessCache {
         })
     }
 
+    /// GraphQL's `customer(customerId)` with its first page of subscriptions: from the cache
+    /// when it may be used, else by `load` (which reads the database).
+    pub async fn customer<E, Load, Loading>(
+        &self,
+        customer: &str,
+        load: Load,
+    ) -> Result<Option<Customer>, E>
+    where
+        Load: FnOnce() -> Loading,
+        Loading: std::future::Future<Output = Result<Option<Customer>, E>>,
+    {
+        let Some(entries) = self
+            .customers
+            .as_ref()
+            .filter(|_| self.listening.load(Ordering::SeqCst))
+        else {
+            return load().await;
+        };
+        let entry = match entries.get(customer) {
+            Some(entry) => {
+                telemetry::access_cache("hit");
+                entry
+            }
+            None => self.fill(entries, customer, load).await?,
+        };
+        Ok(entry.as_ref().clone())
+    }
+
     /// The cache, when it may be used now.
     fn usable(&self) -> Option<&moka::sync::Cache<String, Entry>> {
         self.entries
@@ -138,15 +187,16 @@ impl AccessCache {
 
     /// Loads `customer` (one load per stripe at a time) and installs it unless a notification
     /// for its stripe, or a change of listening, came in meanwhile.
-    async fn fill<Load, Loading>(
+    async fn fill<V, E, Load, Loading>(
         &self,
-        entries: &moka::sync::Cache<String, Entry>,
+        entries: &moka::sync::Cache<String, Arc<V>>,
         customer: &str,
         load: Load,
-    ) -> sqlx::Result<Entry>
+    ) -> Result<Arc<V>, E>
     where
+        V: Send + Sync + 'static,
         Load: FnOnce() -> Loading,
-        Loading: std::future::Future<Output = sqlx::Result<Option<CustomerAccess>>>,
+        Loading: std::future::Future<Output = Result<V, E>>,
     {
         let stripe = self.stripe(customer);
         let _loading = stripe.load.lock().await;
@@ -157,7 +207,7 @@ impl AccessCache {
         telemetry::access_cache("miss");
         let generation = *lock(&stripe.generation);
         let epoch = self.epoch.load(Ordering::SeqCst);
-        let entry: Entry = Arc::new(load().await?);
+        let entry = Arc::new(load().await?);
         let current = lock(&stripe.generation);
         if *current == generation
             && self.epoch.load(Ordering::SeqCst) == epoch
@@ -179,6 +229,9 @@ impl AccessCache {
         let mut generation = lock(&stripe.generation);
         *generation += 1;
         entries.invalidate(customer);
+        if let Some(customers) = &self.customers {
+            customers.invalidate(customer);
+        }
         drop(generation);
         telemetry::access_cache("invalidated");
     }
@@ -188,17 +241,22 @@ impl AccessCache {
         self.listening.store(false, Ordering::SeqCst);
         telemetry::access_cache_listening(false);
         self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.empty();
+    }
+
+    fn empty(&self) {
         if let Some(entries) = &self.entries {
             entries.invalidate_all();
+        }
+        if let Some(customers) = &self.customers {
+            customers.invalidate_all();
         }
     }
 
     /// Listening (again): every later commit will be heard. Whatever was cached before is
     /// dropped, since commits in between were not heard.
     pub fn started_listening(&self) {
-        if let Some(entries) = &self.entries {
-            entries.invalidate_all();
-        }
+        self.empty();
         self.epoch.fetch_add(1, Ordering::SeqCst);
         self.listening.store(true, Ordering::SeqCst);
         telemetry::access_cache_listening(true);
@@ -206,10 +264,15 @@ impl AccessCache {
 
     /// The cache's weighed size in bytes, for `/metrics`.
     pub fn weighed_bytes(&self) -> u64 {
-        self.entries.as_ref().map_or(0, |e| {
+        let access = self.entries.as_ref().map_or(0, |e| {
             e.run_pending_tasks();
             e.weighted_size()
-        })
+        });
+        access
+            + self.customers.as_ref().map_or(0, |c| {
+                c.run_pending_tasks();
+                c.weighted_size()
+            })
     }
 
     pub fn is_listening(&self) -> bool {
@@ -221,6 +284,32 @@ impl AccessCache {
         let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(customer);
         &self.stripes[hash as usize & (STRIPES - 1)]
     }
+}
+
+/// About how many bytes a cached GraphQL customer takes.
+fn customer_weight(c: &Customer) -> u32 {
+    let text = |s: &Option<String>| s.as_ref().map_or(0, |s| s.len() + 16);
+    let mut bytes = size_of::<Customer>() + c.customer_id.len() + 16;
+    bytes += text(&c.name) + text(&c.email) + text(&c.billing_id);
+    if let Some(page) = &c.subscriptions {
+        for s in &page.rows {
+            bytes += size_of_val(s) + 2 * 16 + s.subscription_id.len();
+            bytes += s.customer_id.len();
+            for t in [
+                &s.status,
+                &s.plan_id,
+                &s.plan_name,
+                &s.billing_id,
+                &s.resource_id,
+            ]
+            .into_iter()
+            .chain([&s.billing_period])
+            {
+                bytes += text(t);
+            }
+        }
+    }
+    u32::try_from(bytes).unwrap_or(u32::MAX)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -238,14 +327,11 @@ pub async fn listen(
     if !cache.enabled() {
         return;
     }
-    // a pool of its own, so that its one connection is named in pg_stat_activity
-    let pool = PgPoolOptions::new()
-        .max_connections(1)
-        .connect_lazy_with(options.application_name(LISTENER_NAME));
+    let options = options.application_name(LISTENER_NAME);
     let mut backoff = crate::backoff::change_listener().build();
     let mut first = true;
     loop {
-        match subscribe(&pool).await {
+        match subscribe(&options).await {
             Ok(mut listener) => {
                 cache.started_listening();
                 if !first {
@@ -272,8 +358,14 @@ pub async fn listen(
     }
 }
 
-async fn subscribe(pool: &PgPool) -> sqlx::Result<PgListener> {
-    let mut listener = PgListener::connect_with(pool).await?;
+/// A new connection (named in pg_stat_activity) listening on the channel. Each attempt has a
+/// one-connection pool of its own, so that a lost connection is never waited for or reused.
+async fn subscribe(options: &PgConnectOptions) -> sqlx::Result<PgListener> {
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy_with(options.clone());
+    let mut listener = PgListener::connect_with(&pool).await?;
     listener.listen(store::CHANGES_CHANNEL).await?;
     Ok(listener)
 }
@@ -352,7 +444,7 @@ mod tests {
         let (release, loaded) = tokio::sync::oneshot::channel::<()>();
         let filling = cache.fill(entries, "c", || async move {
             loaded.await.unwrap();
-            Ok(Some(copy(false))) // read before the change
+            Ok::<_, sqlx::Error>(Some(copy(false))) // read before the change
         });
         let notify = async {
             tokio::task::yield_now().await;
@@ -368,7 +460,9 @@ mod tests {
         );
         // a load with nothing overtaking it is installed
         cache
-            .fill(entries, "c", || async { Ok(Some(copy(true))) })
+            .fill(entries, "c", || async {
+                Ok::<_, sqlx::Error>(Some(copy(true)))
+            })
             .await
             .unwrap();
         assert_eq!(get(&cache, "c").await, Some(true));
@@ -383,13 +477,15 @@ mod tests {
         cache.started_listening();
         let entries = cache.entries.as_ref().unwrap();
         cache
-            .fill(entries, "a", || async { Ok(Some(copy(true))) })
+            .fill(entries, "a", || async {
+                Ok::<_, sqlx::Error>(Some(copy(true)))
+            })
             .await
             .unwrap();
         let (release, loaded) = tokio::sync::oneshot::channel::<()>();
         let filling = cache.fill(entries, "b", || async move {
             loaded.await.unwrap();
-            Ok(Some(copy(true)))
+            Ok::<_, sqlx::Error>(Some(copy(true)))
         });
         let reconnect = async {
             tokio::task::yield_now().await;

@@ -124,7 +124,7 @@ pub async fn run(
             settings.read_connections(),
         ));
         tasks.spawn(reads::warm_up(reads.clone(), health.clone(), shutdown.clone()).map(Ok));
-        let state = http::AppState {
+        let state = http::Served {
             pool: pool.clone(),
             reads,
             access,

@@ -242,8 +242,28 @@ pub fn in_flight(delta: f64) {
     metrics::gauge!("stigg_byos_in_flight").increment(delta);
 }
 
+/// The hot path's metric handles, looked up once (a lookup hashes the name and labels and
+/// takes the registry's lock; the decisions made it show in profiles). Made on first use,
+/// which is after [`prometheus`] installed the recorder: the HTTP server starts after it.
+struct Hot {
+    cache_hit: metrics::Counter,
+    allowed: metrics::Counter,
+    denied: metrics::Counter,
+    check_access_seconds: metrics::Histogram,
+}
+
+static HOT: std::sync::LazyLock<Hot> = std::sync::LazyLock::new(|| Hot {
+    cache_hit: metrics::counter!("stigg_byos_access_cache_total", "event" => "hit"),
+    allowed: metrics::counter!("stigg_byos_check_access_total", "result" => "allowed"),
+    denied: metrics::counter!("stigg_byos_check_access_total", "result" => "denied"),
+    check_access_seconds: metrics::histogram!("stigg_byos_check_access_seconds"),
+});
+
 /// An access cache event: `hit`, `miss`, `evicted`, `invalidated`, `not_installed`.
 pub fn access_cache(event: &'static str) {
+    if event == "hit" {
+        return HOT.cache_hit.increment(1);
+    }
     metrics::counter!("stigg_byos_access_cache_total", "event" => event).increment(1);
 }
 
@@ -264,6 +284,10 @@ pub fn access_cache_bytes(bytes: u64) {
 }
 
 pub fn check_access(result: &'static str, seconds: f64) {
-    metrics::counter!("stigg_byos_check_access_total", "result" => result).increment(1);
-    metrics::histogram!("stigg_byos_check_access_seconds").record(seconds);
+    match result {
+        "allowed" => HOT.allowed.increment(1),
+        "denied" => HOT.denied.increment(1),
+        other => metrics::counter!("stigg_byos_check_access_total", "result" => other).increment(1),
+    }
+    HOT.check_access_seconds.record(seconds);
 }

@@ -14,6 +14,10 @@ use tokio::net::TcpStream;
 
 use super::note;
 
+pub(super) fn get(path: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").into_bytes()
+}
+
 pub(super) fn post(path: &str, body: &str) -> Vec<u8> {
     format!(
         "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
@@ -149,7 +153,7 @@ impl LoadReport {
 pub(super) type BodyFn = Arc<dyn Fn(&mut SmallRng) -> String + Send + Sync>;
 
 /// `connections` keep-alive connections, each sending the next request as soon as the answer
-/// came. Requests sent during the warm-up are not counted.
+/// came (a GET when `body` gives an empty string). Requests sent during the warm-up are not counted.
 pub(super) async fn load(
     addr: SocketAddr,
     path: &'static str,
@@ -186,7 +190,12 @@ pub(super) async fn load(
                         }
                     },
                 };
-                let request = post(path, &body(&mut rng));
+                let body = body(&mut rng);
+                let request = if body.is_empty() {
+                    get(path)
+                } else {
+                    post(path, &body)
+                };
                 let sent = Instant::now();
                 match c.roundtrip(&request).await {
                     Ok(status) => {

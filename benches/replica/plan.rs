@@ -32,6 +32,10 @@ pub(super) struct Args {
     /// Seconds of load per HTTP measurement. Default 15 (3 with --quick).
     #[arg(long)]
     duration: Option<f64>,
+    /// ACCESS_CACHE_MB of the server under the access and GraphQL load. Default 512 (enough
+    /// for 100000 customers × 8 features).
+    #[arg(long, default_value_t = 512)]
+    cache_mb: u32,
     /// Customers served by the fake Stigg API to `sync`. Default 20000 (2000 with --quick).
     #[arg(long)]
     sync_customers: Option<usize>,
@@ -86,6 +90,7 @@ pub(super) struct Plan {
     pub(super) load: Duration,
     pub(super) warmup: Duration,
     pub(super) connections: usize,
+    pub(super) cache_mb: u32,
     pub(super) concurrency: Vec<u32>,
     pub(super) only: Vec<String>,
     pub(super) ingest_shapes: Vec<Shape>,
@@ -111,6 +116,7 @@ impl Plan {
             load: Duration::from_secs_f64(seconds),
             warmup: Duration::from_millis(if args.quick { 300 } else { 1_000 }),
             connections: args.connections.max(1),
+            cache_mb: args.cache_mb,
             concurrency: args.concurrency.clone(),
             only: args.only.clone(),
             ingest_shapes: args.ingest_shapes.clone(),

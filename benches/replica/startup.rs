@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use tokio::process::Child;
 
 use super::harness::{stop, Env};
-use super::http_load::Http;
+use super::http_load::{post, Http};
 use super::sampling::rss_mib;
 use super::{note, section, Table};
 
@@ -17,16 +17,28 @@ use super::{note, section, Table};
 pub(super) async fn startup(env: &Env, db_url: &str, table: &mut Table) -> Result<()> {
     section("Start-up: spawn `serve` on a migrated database until the first /readyz 200");
     let mut times = Vec::new();
+    let mut firsts = Vec::new();
     for i in 0..5 {
         let port = free_port()?;
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
         let started = Instant::now();
-        let mut child = spawn_server(env, db_url, port, "startup.log")?;
+        let mut child = spawn_server(env, db_url, port, "startup.log", 128)?;
         wait_ready(addr, &mut child, Duration::from_secs(30)).await?;
         let ms = started.elapsed().as_secs_f64() * 1000.0;
         let rss = child.id().and_then(rss_mib).unwrap_or(f64::NAN);
+        // the first decision right after /readyz 200: at full speed, or paying for start-up?
+        let mut c = Http::connect(addr).await?;
+        let body = r#"{"customerId":"cust-1","featureId":"feature-api-calls"}"#;
+        let sent = Instant::now();
+        let status = c.roundtrip(&post("/check-access", body)).await?;
+        let first = sent.elapsed().as_secs_f64() * 1000.0;
+        let sent = Instant::now();
+        c.roundtrip(&post("/check-access", body)).await?;
+        let second = sent.elapsed().as_secs_f64() * 1000.0;
+        firsts.push(first);
         note(format!(
-            "run {}: {ms:.1} ms (RSS when ready {rss:.1} MiB)",
+            "run {}: {ms:.1} ms (RSS when ready {rss:.1} MiB); then the first /check-access \
+             {first:.2} ms ({status}), the second {second:.2} ms",
             i + 1
         ));
         times.push(ms);
@@ -44,6 +56,13 @@ pub(super) async fn startup(env: &Env, db_url: &str, table: &mut Table) -> Resul
         "<= 300 ms",
         Some(best <= 300.0),
     );
+    let worst = firsts.iter().copied().fold(0.0, f64::max);
+    table.row(
+        "first /check-access after /readyz 200 (worst of 5)",
+        format!("{worst:.1} ms"),
+        "",
+        None,
+    );
     Ok(())
 }
 
@@ -53,10 +72,17 @@ pub(super) fn free_port() -> Result<u16> {
         .port())
 }
 
-pub(super) fn spawn_server(env: &Env, db_url: &str, port: u16, log: &str) -> Result<Child> {
+pub(super) fn spawn_server(
+    env: &Env,
+    db_url: &str,
+    port: u16,
+    log: &str,
+    cache_mb: u32,
+) -> Result<Child> {
     let mut cmd = env.command(&["serve"], log)?;
     cmd.env("DATABASE_URL", db_url)
-        .env("HTTP_ADDR", format!("127.0.0.1:{port}"));
+        .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .env("ACCESS_CACHE_MB", cache_mb.to_string());
     cmd.spawn().context("spawning the server")
 }
 

@@ -18,6 +18,8 @@ pub struct CustomerAccess {
     /// By (resource key, feature id), sorted: the entitlement and the usage, either may be
     /// missing.
     features: Vec<(FeatureKey, Feature)>,
+    /// Some feature has an entitlement (§7.7's "any entitlement").
+    any_entitlement: bool,
 }
 
 /// A (resource key, feature id) pair; `""` for no resource.
@@ -35,10 +37,12 @@ impl CustomerAccess {
         sets: BTreeSet<Box<str>>,
         features: BTreeMap<FeatureKey, Feature>,
     ) -> Self {
+        let any_entitlement = features.values().any(|f| f.entitlement.is_some());
         Self {
             has_active_subscription,
             sets,
             features: features.into_iter().collect(),
+            any_entitlement,
         }
     }
 
@@ -58,8 +62,7 @@ impl CustomerAccess {
             resource_set_exists: !resource_key.is_empty()
                 && (found || self.sets.contains(resource_key)),
             has_active_subscription: !found && self.has_active_subscription,
-            has_any_entitlement: found
-                || self.features.iter().any(|(_, f)| f.entitlement.is_some()),
+            has_any_entitlement: found || self.any_entitlement,
             entitlement,
             usage: feature.and_then(|f| f.usage.clone()),
         }

@@ -15,7 +15,7 @@ mod error;
 mod guard;
 mod page;
 mod query;
-mod rows;
+pub(crate) mod rows;
 mod scalars;
 mod subscriptions;
 

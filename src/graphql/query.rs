@@ -120,13 +120,15 @@ impl Query {
         if !storable(&customer_id) {
             return None; // no such customer, as /check-access answers
         }
-        let reads = &Loaders::of(ctx).reads;
-        // with its subscriptions in the same round trip when they are asked for
-        let result = if ctx.look_ahead().field("subscriptions").exists() {
-            rows::customer_with_subscriptions(reads, &customer_id).await
-        } else {
-            rows::customer(reads, &customer_id).await
-        };
+        let loaders = Loaders::of(ctx);
+        // from the cache, which keeps it with its first page of subscriptions (one round trip
+        // when it is loaded)
+        let result = loaders
+            .access
+            .customer(&customer_id, || {
+                rows::customer_with_subscriptions(&loaders.reads, &customer_id)
+            })
+            .await;
         or_null(ctx, result.map_err(Into::into))
     }
 

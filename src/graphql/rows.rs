@@ -188,18 +188,6 @@ impl Node for Subscription {
 
 // ---- single rows, by id -------------------------------------------------------------------
 
-/// A live customer by id.
-pub async fn customer(reads: &ReadPool, id: &str) -> Result<Option<Customer>, Internal> {
-    const SQL: &str = concat!(
-        "SELECT ",
-        customer_columns!(),
-        " FROM customers t WHERE t.customer_id = $1 AND ",
-        customer_visible!()
-    );
-    let read: Read<str, _> = |conn, id| Box::pin(sqlx::query_as(SQL).bind(id).fetch_optional(conn));
-    Ok(reads.run(id, read).await?)
-}
-
 /// A live customer by id with the first page of its subscriptions, in one round trip (the
 /// hot path of `customer(customerId) { … subscriptions { nodes { … } } }`).
 pub async fn customer_with_subscriptions(

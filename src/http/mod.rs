@@ -26,8 +26,12 @@ use crate::reads::ReadPool;
 /// Bodies over this size are refused with 413 (§7.13).
 pub const BODY_LIMIT: usize = 64 * 1024;
 
+/// What every handler shares, behind one `Arc` (cloned per request by the extractors and
+/// the token layer: one reference count, not one per field).
+pub type AppState = Arc<Served>;
+
 #[derive(Clone)]
-pub struct AppState {
+pub struct Served {
     pub pool: PgPool,
     /// The hot read paths' connections ([`crate::reads`]).
     pub reads: Arc<ReadPool>,
@@ -68,7 +72,8 @@ impl IntoResponse for ApiError {
     }
 }
 
-pub fn router(state: AppState) -> Router {
+pub fn router(state: Served) -> Router {
+    let state: AppState = Arc::new(state);
     let request_id = HeaderName::from_static("x-request-id");
     let guarded = Router::new()
         .route("/check-access", post(access::check_access))

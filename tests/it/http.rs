@@ -298,6 +298,11 @@ async fn api_tokens_guard_check_access_but_not_health() {
             .unwrap();
         assert_eq!(r.status().as_u16(), 200, "{right}");
     }
+    let ready = format!("{}/readyz", app.base);
+    eventually(Duration::from_secs(5), "readyz 200", || async {
+        client.get(&ready).send().await.unwrap().status() == 200
+    })
+    .await;
     for open in ["/healthz", "/readyz", "/metrics"] {
         let r = client
             .get(format!("{}{open}", app.base))
