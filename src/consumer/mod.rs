@@ -226,8 +226,9 @@ impl Consumer {
     }
 
     /// Applies and settles a received batch. Its permits are given back once its messages are
-    /// applied (committed) or handed back, before the delete: a message whose effect is
-    /// committed is no longer work in flight, and its delete then overlaps the next receive.
+    /// deleted or handed back. (Giving them back at the commit, before the delete, let the next
+    /// receive overlap the delete but made the send-to-commit p99 at 500 ev/s 180–934 ms
+    /// against 20 ms: BENCHMARKS.md, issue 11.)
     async fn handle_batch(
         &self,
         messages: Vec<Received>,
@@ -262,10 +263,10 @@ impl Consumer {
                 for (m, delay) in &release {
                     self.queue.change_visibility(&[&m.receipt], *delay).await;
                 }
+                let deleted: Vec<&str> = delete.iter().map(|m| m.receipt.as_str()).collect();
+                self.queue.delete(&deleted).await;
                 telemetry::in_flight(-(receipts.len() as f64));
                 drop(held);
-                let receipts: Vec<&str> = delete.iter().map(|m| m.receipt.as_str()).collect();
-                self.queue.delete(&receipts).await;
             }
             None => {
                 let receipts: Vec<&str> = receipts.iter().map(String::as_str).collect();
