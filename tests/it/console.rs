@@ -450,3 +450,22 @@ async fn browser_the_dead_letters_page_lists_them() {
     }
     app.stop().await;
 }
+
+#[tokio::test]
+async fn browser_a_page_asks_for_the_token_when_the_api_answers_401() {
+    let (app, _pool) = seeded_app(&["--api-tokens", "alpha"]).await;
+    let _one_at_a_time = CHROMIUM.lock().await;
+    let (dom, _) = run_chromium(&url(&app, "/", &[]), &["--dump-dom".to_string()]).await;
+    for shown in [
+        "This service needs a bearer token",
+        r#"type="password""#,
+        "Waiting for a token.",
+        r#"id="customers">–<"#,
+    ] {
+        assert!(
+            dom.contains(shown),
+            "{shown} not in the status page without a token:\n{dom}"
+        );
+    }
+    app.stop().await;
+}
