@@ -298,7 +298,18 @@ async fn api_tokens_guard_check_access_but_not_health() {
             .unwrap();
         assert_eq!(r.status().as_u16(), 200, "{right}");
     }
-    for open in ["/healthz", "/readyz", "/metrics"] {
+    // /readyz also waits for the hot reads' warm-up, which a loaded machine may not have
+    // finished yet: it must answer without a token, and turn 200
+    eventually(
+        Duration::from_secs(20),
+        "/readyz answers 200 without a token",
+        || {
+            let r = client.get(format!("{}/readyz", app.base)).send();
+            async move { r.await.unwrap().status().as_u16() == 200 }
+        },
+    )
+    .await;
+    for open in ["/healthz", "/metrics"] {
         let r = client
             .get(format!("{}{open}", app.base))
             .send()
