@@ -17,12 +17,14 @@ RUN mkdir src \
  && cargo build --release --locked \
  && rm -rf src
 
-# The real sources. migrations/ is embedded into the binary by sqlx::migrate! at compile time.
+# The real sources. migrations/ (sqlx::migrate!) and console/ (the web console's pages,
+# include_str!) are embedded into the binary at compile time.
 COPY src ./src
 COPY migrations ./migrations
+COPY console ./console
 # COPY keeps the files' own mtimes, which can be older than the stub build: touch them so cargo
 # rebuilds the crate instead of keeping the stub binary.
-RUN find src migrations -type f -exec touch {} + \
+RUN find src migrations console -type f -exec touch {} + \
  && cargo build --release --locked
 
 FROM debian:bookworm-slim

@@ -60,6 +60,7 @@ pub async fn run(
     for warning in settings.warnings() {
         tracing::warn!("{warning}");
     }
+    telemetry::mark_start();
     let health = Arc::new(Health::new(roles.worker));
     let mut tasks = tokio::task::JoinSet::new();
 

@@ -1,8 +1,9 @@
 //! Tracing and metrics, set up in one place. Every counted failure is also logged where it
 //! happens; payloads are never logged (they hold emails).
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::OnceLock;
+use std::time::Instant;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::{fmt, prelude::*, EnvFilter};
@@ -36,6 +37,76 @@ const QUEUE_LAG: &str = "stigg_byos_queue_lag_seconds";
 
 /// The newest event time applied by this process, in milliseconds since the epoch (0: none).
 static NEWEST_EVENT_MS: AtomicI64 = AtomicI64::new(0);
+
+/// The lag (event time to commit) of the last event applied, in milliseconds (-1: none).
+static LAST_APPLY_LAG_MS: AtomicI64 = AtomicI64::new(-1);
+
+/// The queue's depth by state as last read (-1: never read, e.g. in `serve`).
+static QUEUE_DEPTH: [AtomicI64; 3] = [AtomicI64::new(-1), AtomicI64::new(-1), AtomicI64::new(-1)];
+
+/// The outcomes messages are counted by, in the order of [`MESSAGES`].
+pub const OUTCOMES: [&str; 7] = [
+    "applied",
+    "duplicate",
+    "stale",
+    "skipped",
+    "dead_lettered",
+    "retried",
+    "failed",
+];
+
+/// Messages by outcome since the process started (the same counts as
+/// `stigg_byos_messages_total`), for `/api/status`.
+static MESSAGES: [AtomicU64; 7] = [
+    AtomicU64::new(0),
+    AtomicU64::new(0),
+    AtomicU64::new(0),
+    AtomicU64::new(0),
+    AtomicU64::new(0),
+    AtomicU64::new(0),
+    AtomicU64::new(0),
+];
+
+static STARTED: OnceLock<Instant> = OnceLock::new();
+
+/// Marks the process's start (the first call wins); [`uptime`] counts from it.
+pub fn mark_start() {
+    STARTED.get_or_init(Instant::now);
+}
+
+/// Time since [`mark_start`].
+pub fn uptime() -> std::time::Duration {
+    STARTED.get_or_init(Instant::now).elapsed()
+}
+
+/// The newest event time applied by this process, in milliseconds since the epoch.
+pub fn newest_event_ms() -> Option<i64> {
+    Some(NEWEST_EVENT_MS.load(Ordering::Relaxed)).filter(|&ms| ms != 0)
+}
+
+/// The lag of the last event applied, in milliseconds.
+pub fn last_apply_lag_ms() -> Option<i64> {
+    Some(LAST_APPLY_LAG_MS.load(Ordering::Relaxed)).filter(|&ms| ms >= 0)
+}
+
+/// The queue's depth (visible, in flight, delayed) as last read by this process's worker.
+pub fn last_queue_depth() -> [Option<i64>; 3] {
+    QUEUE_DEPTH
+        .each_ref()
+        .map(|n| Some(n.load(Ordering::Relaxed)).filter(|&n| n >= 0))
+}
+
+/// Messages by outcome since the process started, in the order of [`OUTCOMES`].
+pub fn messages_by_outcome() -> [(&'static str, u64); 7] {
+    std::array::from_fn(|i| (OUTCOMES[i], MESSAGES[i].load(Ordering::Relaxed)))
+}
+
+fn count_message(outcome: &'static str) {
+    metrics::counter!("stigg_byos_messages_total", "outcome" => outcome).increment(1);
+    if let Some(i) = OUTCOMES.iter().position(|o| *o == outcome) {
+        MESSAGES[i].fetch_add(1, Ordering::Relaxed);
+    }
+}
 
 /// The metrics as Prometheus text, with the newest event's age brought up to now.
 pub fn render() -> String {
@@ -180,6 +251,10 @@ pub fn applied_event(at: chrono::DateTime<chrono::Utc>) {
     let now = chrono::Utc::now();
     let lag = (now - at).to_std().unwrap_or_default();
     metrics::histogram!(APPLY_LAG).record(lag.as_secs_f64());
+    LAST_APPLY_LAG_MS.store(
+        i64::try_from(lag.as_millis()).unwrap_or(i64::MAX),
+        Ordering::Relaxed,
+    );
     let ms = at.timestamp_millis();
     if NEWEST_EVENT_MS.fetch_max(ms, Ordering::Relaxed) < ms {
         metrics::gauge!("stigg_byos_newest_event_timestamp_seconds").set(ms as f64 / 1000.0);
@@ -187,13 +262,17 @@ pub fn applied_event(at: chrono::DateTime<chrono::Utc>) {
 }
 
 pub fn queue_depth(visible: Option<f64>, in_flight: Option<f64>, delayed: Option<f64>) {
-    for (state, n) in [
+    for ((state, n), last) in [
         ("visible", visible),
         ("in_flight", in_flight),
         ("delayed", delayed),
-    ] {
+    ]
+    .into_iter()
+    .zip(&QUEUE_DEPTH)
+    {
         if let Some(n) = n {
             metrics::gauge!("stigg_byos_queue_messages", "state" => state).set(n);
+            last.store(n as i64, Ordering::Relaxed);
         }
     }
 }
@@ -222,12 +301,12 @@ pub fn sync_pass(summary: &crate::sync::Summary, result: &'static str) {
 }
 
 pub fn processed(outcome: &'static str, seconds: f64) {
-    metrics::counter!("stigg_byos_messages_total", "outcome" => outcome).increment(1);
+    count_message(outcome);
     metrics::histogram!("stigg_byos_processing_seconds").record(seconds);
 }
 
 pub fn message(outcome: &'static str) {
-    metrics::counter!("stigg_byos_messages_total", "outcome" => outcome).increment(1);
+    count_message(outcome);
 }
 
 pub fn receive_error() {

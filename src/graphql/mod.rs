@@ -19,14 +19,13 @@ pub(crate) mod rows;
 mod scalars;
 mod subscriptions;
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
-use async_graphql::http::GraphiQLSource;
 use async_graphql::{EmptyMutation, EmptySubscription, Schema};
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::http::{header, StatusCode};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use sqlx::PgPool;
@@ -79,21 +78,6 @@ pub fn routes<S: Clone + Send + Sync + 'static>(
             access,
             documents: guard::Documents::default(),
         }))
-}
-
-/// `GET /graphiql` (open).
-pub fn open_routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
-    Router::new().route("/graphiql", get(graphiql))
-}
-
-async fn graphiql() -> Html<&'static str> {
-    static PAGE: OnceLock<String> = OnceLock::new();
-    Html(PAGE.get_or_init(|| {
-        GraphiQLSource::build()
-            .endpoint("/graphql")
-            .title("stigg-byos GraphiQL")
-            .finish()
-    }))
 }
 
 async fn graphql_post(State(api): State<Arc<Api>>, body: Bytes) -> Response {

@@ -1,9 +1,11 @@
-//! The HTTP side: `/check-access`, `/graphql` (+ `/graphiql`), health, readiness and metrics.
+//! The HTTP side: `/check-access`, `/graphql`, the console (`/`, `/graphiql`, `/console/…`,
+//! `/api/…`: [`console`]), health, readiness and metrics.
 //! Errors are JSON `{"error": …}`; 5xx bodies never carry internal details (the cause is
 //! logged).
 
 mod access;
 mod auth;
+pub mod console;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -77,6 +79,7 @@ pub fn router(state: Served) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
     let guarded = Router::new()
         .route("/check-access", post(access::check_access))
+        .merge(console::api_routes())
         .merge(crate::graphql::routes(
             state.pool.clone(),
             state.reads.clone(),
@@ -88,7 +91,7 @@ pub fn router(state: Served) -> Router {
         ));
     Router::new()
         .merge(guarded)
-        .merge(crate::graphql::open_routes())
+        .merge(console::page_routes())
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

@@ -111,6 +111,7 @@ pub mod customers;
 pub mod dead_letters;
 pub mod inbox;
 pub mod pool;
+pub mod status;
 pub mod subscriptions;
 
 pub use access::*;

@@ -244,7 +244,10 @@ async fn a_killed_listener_connection_never_leaves_a_stale_answer() {
         .fetch_one(&pool)
         .await
         .unwrap();
-        assert!(killed >= 1, "a listening connection to kill, found {killed}");
+        assert!(
+            killed >= 1,
+            "a listening connection to kill, found {killed}"
+        );
         // committed while nobody listens: its notification is lost
         apply(&pool, &[measurement(before + 1)]).await;
         converges(&server.base, &pool).await;

@@ -3,6 +3,7 @@
 
 mod apply;
 mod cache;
+mod console;
 mod consumer;
 mod faults;
 mod graphql;
