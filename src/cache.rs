@@ -44,19 +44,16 @@ const STRIPES: usize = 1024;
 const PING_EVERY: Duration = Duration::from_secs(5);
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// A cached customer: `None` when unknown or deleted (a miss answered by the database is
-/// cached too; the customer's creation notifies like any change).
-type Entry = Arc<Option<CustomerAccess>>;
-
-/// A customer as GraphQL's `customer(customerId)` shows it, with its first page of
-/// subscriptions; `None` when unknown or deleted.
-type CustomerEntry = Arc<Option<Customer>>;
+/// A cache of customers by id: `None` when unknown or deleted (a miss answered by the
+/// database is cached too; the customer's creation notifies like any change).
+type Layer<V> = moka::sync::Cache<String, Arc<Option<V>>>;
 
 pub struct AccessCache {
     /// `None` when `ACCESS_CACHE_MB` is 0: every read goes to the database.
-    entries: Option<moka::sync::Cache<String, Entry>>,
-    /// GraphQL's customers by id, under the same invalidation; a quarter of the memory.
-    customers: Option<moka::sync::Cache<String, CustomerEntry>>,
+    entries: Option<Layer<CustomerAccess>>,
+    /// GraphQL's customers by id, with their first page of subscriptions, under the same
+    /// invalidation; a quarter of the memory.
+    customers: Option<Layer<Customer>>,
     stripes: Box<[Stripe]>,
     /// A notification connection is listening: the cache may be used.
     listening: AtomicBool,
@@ -76,34 +73,8 @@ struct Stripe {
 impl AccessCache {
     /// A cache of at most `bytes` (0: off). It is bypassed until [`listen`] listens.
     pub fn new(bytes: u64) -> Arc<Self> {
-        let customers = (bytes > 0).then(|| {
-            moka::sync::Cache::builder()
-                .max_capacity(bytes / 4)
-                .weigher(|k: &String, v: &CustomerEntry| -> u32 {
-                    let value = v.as_ref().as_ref().map_or(0, customer_weight);
-                    value.saturating_add(k.len() as u32 + 64)
-                })
-                .eviction_listener(|_, _, cause| {
-                    if matches!(cause, RemovalCause::Size) {
-                        telemetry::access_cache("evicted");
-                    }
-                })
-                .build()
-        });
-        let entries = (bytes > 0).then(|| {
-            moka::sync::Cache::builder()
-                .max_capacity(bytes - bytes / 4)
-                .weigher(|k: &String, v: &Entry| -> u32 {
-                    let value = v.as_ref().as_ref().map_or(0, CustomerAccess::weight);
-                    value.saturating_add(k.len() as u32 + 64)
-                })
-                .eviction_listener(|_, _, cause| {
-                    if matches!(cause, RemovalCause::Size) {
-                        telemetry::access_cache("evicted");
-                    }
-                })
-                .build()
-        });
+        let entries = (bytes > 0).then(|| layer(bytes - bytes / 4, CustomerAccess::weight));
+        let customers = (bytes > 0).then(|| layer(bytes / 4, customer_weight));
         Arc::new(Self {
             entries,
             customers,
@@ -126,24 +97,17 @@ impl AccessCache {
         resource: Option<&str>,
         feature: &str,
     ) -> sqlx::Result<StoredAccess> {
-        let Some(entries) = self.usable() else {
+        let Some(entries) = self.in_use(&self.entries) else {
             let key = (customer, resource, feature);
             let read: Read<(&str, Option<&str>, &str), _> =
                 |conn, &(c, r, f)| Box::pin(store::load_access(conn, c, r, f));
             return reads.run(&key, read).await;
         };
-        let entry = match entries.get(customer) {
-            Some(entry) => {
-                telemetry::access_cache("hit");
-                entry
-            }
-            None => {
-                let read: Read<str, _> =
-                    |conn, customer| Box::pin(store::load_customer_access(conn, customer));
-                self.fill(entries, customer, || reads.run(customer, read))
-                    .await?
-            }
-        };
+        let read: Read<str, _> =
+            |conn, customer| Box::pin(store::load_customer_access(conn, customer));
+        let entry = self
+            .get_or_fill(entries, customer, || reads.run(customer, read))
+            .await?;
         Ok(match entry.as_ref() {
             Some(c) => c.stored(resource_key(resource), feature),
             None => StoredAccess::default(),
@@ -161,42 +125,53 @@ impl AccessCache {
         Load: FnOnce() -> Loading,
         Loading: std::future::Future<Output = Result<Option<Customer>, E>>,
     {
-        let Some(entries) = self
-            .customers
-            .as_ref()
-            .filter(|_| self.listening.load(Ordering::SeqCst))
-        else {
+        let Some(entries) = self.in_use(&self.customers) else {
             return load().await;
         };
-        let entry = match entries.get(customer) {
-            Some(entry) => {
-                telemetry::access_cache("hit");
-                entry
-            }
-            None => self.fill(entries, customer, load).await?,
-        };
+        let entry = self.get_or_fill(entries, customer, load).await?;
         Ok(entry.as_ref().clone())
     }
 
-    /// The cache, when it may be used now.
-    fn usable(&self) -> Option<&moka::sync::Cache<String, Entry>> {
-        self.entries
+    /// `layer`, when it may be used now (it is on, and changes are being heard).
+    fn in_use<'a, V>(&self, layer: &'a Option<Layer<V>>) -> Option<&'a Layer<V>> {
+        layer
             .as_ref()
             .filter(|_| self.listening.load(Ordering::SeqCst))
+    }
+
+    /// `customer` from `layer`, or loaded by [`Self::fill`].
+    async fn get_or_fill<V, E, Load, Loading>(
+        &self,
+        layer: &Layer<V>,
+        customer: &str,
+        load: Load,
+    ) -> Result<Arc<Option<V>>, E>
+    where
+        V: Send + Sync + 'static,
+        Load: FnOnce() -> Loading,
+        Loading: std::future::Future<Output = Result<Option<V>, E>>,
+    {
+        match layer.get(customer) {
+            Some(entry) => {
+                telemetry::access_cache("hit");
+                Ok(entry)
+            }
+            None => self.fill(layer, customer, load).await,
+        }
     }
 
     /// Loads `customer` (one load per stripe at a time) and installs it unless a notification
     /// for its stripe, or a change of listening, came in meanwhile.
     async fn fill<V, E, Load, Loading>(
         &self,
-        entries: &moka::sync::Cache<String, Arc<V>>,
+        entries: &Layer<V>,
         customer: &str,
         load: Load,
-    ) -> Result<Arc<V>, E>
+    ) -> Result<Arc<Option<V>>, E>
     where
         V: Send + Sync + 'static,
         Load: FnOnce() -> Loading,
-        Loading: std::future::Future<Output = Result<V, E>>,
+        Loading: std::future::Future<Output = Result<Option<V>, E>>,
     {
         let stripe = self.stripe(customer);
         let _loading = stripe.load.lock().await;
@@ -286,6 +261,23 @@ impl AccessCache {
     }
 }
 
+/// A cache of at most `bytes`, each entry weighed by `weight` (plus its key), counting
+/// evictions for size.
+fn layer<V: Send + Sync + 'static>(bytes: u64, weight: fn(&V) -> u32) -> Layer<V> {
+    moka::sync::Cache::builder()
+        .max_capacity(bytes)
+        .weigher(move |k: &String, v: &Arc<Option<V>>| -> u32 {
+            let value = v.as_ref().as_ref().map_or(0, weight);
+            value.saturating_add(k.len() as u32 + 64)
+        })
+        .eviction_listener(|_, _, cause| {
+            if matches!(cause, RemovalCause::Size) {
+                telemetry::access_cache("evicted");
+            }
+        })
+        .build()
+}
+
 /// About how many bytes a cached GraphQL customer takes.
 fn customer_weight(c: &Customer) -> u32 {
     let text = |s: &Option<String>| s.as_ref().map_or(0, |s| s.len() + 16);
@@ -328,7 +320,7 @@ pub async fn listen(
         return;
     }
     let options = options.application_name(LISTENER_NAME);
-    let mut backoff = crate::backoff::change_listener().build();
+    let mut backoff = crate::backoff::serving_connections().build();
     let mut first = true;
     loop {
         match subscribe(&options).await {
@@ -339,7 +331,7 @@ pub async fn listen(
                     info!("listening for changes again; access cache back in use");
                 }
                 first = false;
-                backoff = crate::backoff::change_listener().build();
+                backoff = crate::backoff::serving_connections().build();
                 let why = hear(&cache, &mut listener, &shutdown).await;
                 cache.stopped_listening();
                 match why {
@@ -430,7 +422,7 @@ mod tests {
     }
 
     async fn get(cache: &AccessCache, customer: &str) -> Option<bool> {
-        let entries = cache.usable().expect("in use");
+        let entries = cache.in_use(&cache.entries).expect("in use");
         entries
             .get(customer)
             .map(|e| e.as_ref().as_ref().expect("live").has_active_subscription)
@@ -473,7 +465,10 @@ mod tests {
     #[tokio::test]
     async fn losing_the_listener_bypasses_and_empties_and_loads_begun_before_do_not_install() {
         let cache = AccessCache::new(1 << 20);
-        assert!(cache.usable().is_none(), "bypassed until listening");
+        assert!(
+            cache.in_use(&cache.entries).is_none(),
+            "bypassed until listening"
+        );
         cache.started_listening();
         let entries = cache.entries.as_ref().unwrap();
         cache
@@ -490,7 +485,10 @@ mod tests {
         let reconnect = async {
             tokio::task::yield_now().await;
             cache.stopped_listening();
-            assert!(cache.usable().is_none(), "bypassed while not listening");
+            assert!(
+                cache.in_use(&cache.entries).is_none(),
+                "bypassed while not listening"
+            );
             cache.started_listening();
             release.send(()).unwrap();
         };
@@ -509,6 +507,6 @@ mod tests {
         let cache = AccessCache::new(0);
         cache.started_listening();
         assert!(!cache.enabled());
-        assert!(cache.usable().is_none());
+        assert!(cache.in_use(&cache.entries).is_none());
     }
 }
