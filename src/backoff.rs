@@ -26,9 +26,10 @@ pub fn worker_database() -> ExponentialBuilder {
         .without_max_times()
 }
 
-/// Listening for changes again after the connection was lost (the access cache is bypassed
-/// meanwhile): 100 ms doubling to 3 s, forever.
-pub fn change_listener() -> ExponentialBuilder {
+/// A serving process's own connections at start-up and after a loss: listening for changes
+/// again (the access cache is bypassed meanwhile) and warming up the hot reads (`/readyz`
+/// waits): 100 ms doubling to 3 s, forever.
+pub fn serving_connections() -> ExponentialBuilder {
     ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(100))
         .with_max_delay(Duration::from_secs(3))

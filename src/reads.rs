@@ -101,7 +101,7 @@ impl ReadPool {
 /// marks the process warm (`/readyz`), so that the first requests do not pay for opening
 /// connections and parsing statements. Retried until it succeeds or shutdown.
 pub async fn warm_up(reads: Arc<ReadPool>, health: Arc<Health>, shutdown: CancellationToken) {
-    let mut backoff = crate::backoff::change_listener().build();
+    let mut backoff = crate::backoff::serving_connections().build();
     loop {
         // all at once, so that each read takes a connection of its own
         let opened = futures::future::join_all((0..reads.max).map(|_| {

@@ -135,10 +135,7 @@ async fn status(State(state): State<AppState>) -> Result<Json<Value>, ApiError> 
 }
 
 async fn dead_letters(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let counts = store::status::counts(&state.pool)
-        .await
-        .map_err(|e| ApiError::internal(&e))?;
-    let letters = store::status::newest_dead_letters(&state.pool, DEAD_LETTERS_SHOWN)
+    let (letters, total) = store::newest_dead_letters(&state.pool, DEAD_LETTERS_SHOWN)
         .await
         .map_err(|e| ApiError::internal(&e))?;
     let letters: Vec<Value> = letters
@@ -156,7 +153,7 @@ async fn dead_letters(State(state): State<AppState>) -> Result<Json<Value>, ApiE
         })
         .collect();
     Ok(Json(json!({
-        "total": counts.dead_letters,
+        "total": total,
         "shown": letters.len(),
         "dead_letters": letters,
     })))

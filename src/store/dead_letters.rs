@@ -32,6 +32,28 @@ pub async fn list_dead_letters(pool: &PgPool) -> sqlx::Result<Vec<DeadLetter>> {
     rows.into_iter().map(dead_letter_from_row).collect()
 }
 
+/// The newest `limit` dead letters, newest first, and how many there are in all.
+pub async fn newest_dead_letters(
+    pool: &PgPool,
+    limit: i64,
+) -> sqlx::Result<(Vec<DeadLetter>, i64)> {
+    let rows = sqlx::query(
+        "SELECT source_id, event_message_id, event_type, reason, body, attempts, first_seen
+         FROM dead_letters ORDER BY first_seen DESC, source_id DESC LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    let total = sqlx::query_scalar("SELECT count(*) FROM dead_letters")
+        .fetch_one(pool)
+        .await?;
+    let letters = rows
+        .into_iter()
+        .map(dead_letter_from_row)
+        .collect::<sqlx::Result<_>>()?;
+    Ok((letters, total))
+}
+
 pub async fn get_dead_letter(pool: &PgPool, source_id: &str) -> sqlx::Result<Option<DeadLetter>> {
     sqlx::query(
         "SELECT source_id, event_message_id, event_type, reason, body, attempts, first_seen

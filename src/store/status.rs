@@ -1,10 +1,8 @@
-//! The reads of the console's `/api/status` and `/api/dead-letters` ([`crate::http`]).
+//! The reads of the console's `/api/status` ([`crate::http`]).
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::{PgPool, Row};
-
-use crate::dead_letters::DeadLetter;
 
 /// What the replica holds, counted.
 #[derive(Debug, Clone, Copy)]
@@ -62,28 +60,4 @@ pub async fn last_sync(pool: &PgPool) -> sqlx::Result<Option<LastSync>> {
         })
     })
     .transpose()
-}
-
-/// The newest `limit` dead letters, newest first.
-pub async fn newest_dead_letters(pool: &PgPool, limit: i64) -> sqlx::Result<Vec<DeadLetter>> {
-    let rows = sqlx::query(
-        "SELECT source_id, event_message_id, event_type, reason, body, attempts, first_seen
-         FROM dead_letters ORDER BY first_seen DESC, source_id DESC LIMIT $1",
-    )
-    .bind(limit)
-    .fetch_all(pool)
-    .await?;
-    rows.into_iter()
-        .map(|row| {
-            Ok(DeadLetter {
-                source_id: row.try_get(0)?,
-                event_message_id: row.try_get(1)?,
-                event_type: row.try_get(2)?,
-                reason: row.try_get(3)?,
-                body: row.try_get(4)?,
-                attempts: row.try_get(5)?,
-                first_seen: row.try_get(6)?,
-            })
-        })
-        .collect()
 }
