@@ -358,6 +358,10 @@ async fn subscribe(options: &PgConnectOptions) -> sqlx::Result<PgListener> {
         .acquire_timeout(Duration::from_secs(5))
         .connect_lazy_with(options.clone());
     let mut listener = PgListener::connect_with(&pool).await?;
+    // A lost connection must end `hear`, never be replaced behind its back: with an eager
+    // reconnect, a ping that cancels `try_recv` mid-reconnect would finish the reconnect
+    // itself and the commits in between would go unheard.
+    listener.eager_reconnect(false);
     listener.listen(store::CHANGES_CHANNEL).await?;
     Ok(listener)
 }

@@ -61,6 +61,9 @@ pub async fn run(
         tracing::warn!("{warning}");
     }
     telemetry::mark_start();
+    // Before any task records a metric: one recorded earlier goes nowhere, and a gauge set
+    // once (listening, queue depth) would read as missing for good.
+    telemetry::prometheus();
     let health = Arc::new(Health::new(roles.worker));
     let mut tasks = tokio::task::JoinSet::new();
 
@@ -132,7 +135,6 @@ pub async fn run(
             health: health.clone(),
             tokens: Arc::new(tokens),
         };
-        telemetry::prometheus();
         let app = http::router(state);
         tracing::info!(addr = %listener.local_addr()?, "HTTP server listening");
         let shutdown = shutdown.clone();
