@@ -216,7 +216,7 @@ pub async fn run_pass(
         if let Err(e) = sync_store::finish_run(pool, pass.run.run_id, &counts, error.as_deref()).await {
             tracing::warn!(error = %e, "could not record the end of the sync");
         }
-        drop(lock);
+        release(lock).await;
         result
     }
     .await;
@@ -280,6 +280,20 @@ async fn lock(pool: &PgPool) -> sqlx::Result<Option<PgConnection>> {
         conn.close().await?;
         Ok(None)
     }
+}
+
+/// Gives the lock back before its connection closes. A closed connection's backend releases
+/// it only once it has exited, and a pass started right after (the next command, under load)
+/// could find it still held.
+async fn release(mut lock: PgConnection) {
+    let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(LOCK_KEY)
+        .execute(&mut lock)
+        .await;
+    if let Err(e) = unlocked {
+        tracing::debug!(error = %e, "could not release the sync lock; closing its connection releases it");
+    }
+    let _ = lock.close().await;
 }
 
 struct Pass<'a> {
