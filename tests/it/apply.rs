@@ -9,23 +9,8 @@ use stigg_byos::processor::Processor;
 
 use crate::support::*;
 
-async fn apply_all(pool: &PgPool, bodies: &[String]) -> Vec<Outcome> {
-    let parsed: Vec<_> = bodies
-        .iter()
-        .map(|b| events::parse(b.as_bytes()).expect("parses"))
-        .collect();
-    let refs: Vec<_> = parsed.iter().collect();
-    Processor::new(pool.clone())
-        .process(&refs)
-        .await
-        .expect("no transient failure")
-        .into_iter()
-        .map(|r| r.expect("applies"))
-        .collect()
-}
-
 async fn apply_one(pool: &PgPool, body: String) -> Outcome {
-    apply_all(pool, &[body]).await[0]
+    apply_events(pool, &[body]).await[0]
 }
 
 async fn usage(pool: &PgPool, customer: &str, feature: &str) -> Option<f64> {
@@ -136,7 +121,7 @@ async fn a_duplicate_message_id_changes_nothing() {
         Some(Some("Orbit Labs".into()))
     );
     // a duplicate of a set inside one batch
-    let outcomes = apply_all(
+    let outcomes = apply_events(
         &pool,
         &[
             fixture("entitlements.updated"),
@@ -518,7 +503,7 @@ async fn shuffled_streams_converge_to_the_newest_versions() {
     bodies.extend(dups);
     bodies.shuffle(&mut rand::rng());
     for chunk in bodies.chunks(10) {
-        apply_all(&pool, chunk).await;
+        apply_events(&pool, chunk).await;
     }
     assert_eq!(
         usage(&pool, "cust-orbit", "feature-api-calls").await,

@@ -11,8 +11,6 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use sqlx::PgPool;
-use stigg_byos::events;
-use stigg_byos::processor::Processor;
 use tokio::process::Child;
 
 use crate::support::*;
@@ -72,29 +70,15 @@ async fn usage_now(client: &reqwest::Client, base: &str) -> Option<f64> {
     decide(client, base, &body).await?["currentUsage"].as_f64()
 }
 
-async fn apply(pool: &PgPool, bodies: &[String]) {
-    let parsed: Vec<_> = bodies
-        .iter()
-        .map(|b| events::parse(b.as_bytes()).unwrap())
-        .collect();
-    let refs: Vec<_> = parsed.iter().collect();
-    for r in Processor::new(pool.clone()).process(&refs).await.unwrap() {
-        r.unwrap();
-    }
-}
-
 /// The customer, its subscription and entitlements: usage of `FEATURE` is what the
 /// measurements then change.
 async fn seed(pool: &PgPool) {
-    let bodies: Vec<String> = [
+    let bodies = fixtures(&[
         "customer.created",
         "subscription.created",
         "entitlements.updated",
-    ]
-    .iter()
-    .map(|n| fixture(n))
-    .collect();
-    apply(pool, &bodies).await;
+    ]);
+    apply_events(pool, &bodies).await;
 }
 
 /// The `i`th usage report: usage `i`, each newer than the last.
@@ -168,12 +152,12 @@ async fn converges(base: &str, pool: &PgPool) {
 async fn concurrent_reads_never_go_back_and_match_the_database_after_the_last_commit() {
     let (pool, url) = migrated_pool().await;
     seed(&pool).await;
-    apply(&pool, &[measurement(1)]).await;
+    apply_events(&pool, &[measurement(1)]).await;
     let server = serve(&url, 64).await;
     let stop = Arc::new(AtomicBool::new(false));
     let readers = readers(&server.base, 6, &stop);
     for i in 2..=120 {
-        apply(&pool, &[measurement(i)]).await;
+        apply_events(&pool, &[measurement(i)]).await;
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     stop.store(true, Ordering::SeqCst);
@@ -216,7 +200,7 @@ fn metric(text: &str, name: &str) -> f64 {
 async fn a_killed_listener_connection_never_leaves_a_stale_answer() {
     let (pool, url) = migrated_pool().await;
     seed(&pool).await;
-    apply(&pool, &[measurement(1)]).await;
+    apply_events(&pool, &[measurement(1)]).await;
     let server = serve(&url, 64).await;
     let client = reqwest::Client::new();
     for round in 0..3u32 {
@@ -229,7 +213,7 @@ async fn a_killed_listener_connection_never_leaves_a_stale_answer() {
         })
         .await;
         // warm: the current usage is cached
-        apply(&pool, &[measurement(before)]).await;
+        apply_events(&pool, &[measurement(before)]).await;
         eventually(
             Duration::from_secs(5),
             "the new usage is answered",
@@ -249,7 +233,7 @@ async fn a_killed_listener_connection_never_leaves_a_stale_answer() {
             "a listening connection to kill, found {killed}"
         );
         // committed while nobody listens: its notification is lost
-        apply(&pool, &[measurement(before + 1)]).await;
+        apply_events(&pool, &[measurement(before + 1)]).await;
         converges(&server.base, &pool).await;
     }
     // the process listens again after each kill (meanwhile it read the database)
@@ -268,18 +252,18 @@ async fn a_killed_listener_connection_never_leaves_a_stale_answer() {
 async fn a_cut_proxy_never_leaves_a_stale_answer() {
     let (pool, url) = migrated_pool().await;
     seed(&pool).await;
-    apply(&pool, &[measurement(1)]).await;
+    apply_events(&pool, &[measurement(1)]).await;
     let proxy = Proxy::start("127.0.0.1:5432").await;
     let server = serve(&proxy.url_for(&url), 64).await;
     let stop = Arc::new(AtomicBool::new(false));
     let readers = readers(&server.base, 4, &stop);
     for i in 2..=20 {
-        apply(&pool, &[measurement(i)]).await;
+        apply_events(&pool, &[measurement(i)]).await;
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     proxy.cut();
     for i in 21..=40 {
-        apply(&pool, &[measurement(i)]).await;
+        apply_events(&pool, &[measurement(i)]).await;
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     proxy.restore();
@@ -330,7 +314,7 @@ async fn answers_are_the_same_with_the_cache_off() {
         ),
     ])
     .collect();
-    apply(&pool, &bodies).await;
+    apply_events(&pool, &bodies).await;
     let cached = serve(&url, 64).await;
     let direct = serve(&url, 0).await;
     let features: Vec<String> = sqlx::query_scalar("SELECT DISTINCT feature_id FROM entitlements")

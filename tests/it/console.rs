@@ -9,9 +9,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use stigg_byos::dead_letters::NewDeadLetter;
-use stigg_byos::events;
 use stigg_byos::http::console::{CONTENT_SECURITY_POLICY, FILES};
-use stigg_byos::processor::Processor;
 use stigg_byos::Roles;
 
 use crate::support::*;
@@ -23,15 +21,12 @@ const HTTP_ONLY: Roles = Roles {
 
 /// Three customers (one with a subscription and two entitlement sets) and one dead letter.
 async fn seed(pool: &PgPool) {
-    let mut bodies: Vec<String> = [
+    let mut bodies = fixtures(&[
         "customer.created",
         "subscription.created",
         "entitlements.updated",
         "entitlements.updated.resource",
-    ]
-    .iter()
-    .map(|n| fixture(n))
-    .collect();
+    ]);
     for (id, message_id) in [
         ("cust-console-a", "console-101"),
         ("cust-console-b", "console-102"),
@@ -41,12 +36,7 @@ async fn seed(pool: &PgPool) {
             &[("id", json!(id)), ("messageId", json!(message_id))],
         ));
     }
-    let parsed: Vec<_> = bodies
-        .iter()
-        .map(|b| events::parse(b.as_bytes()).unwrap())
-        .collect();
-    let refs: Vec<_> = parsed.iter().collect();
-    Processor::new(pool.clone()).process(&refs).await.unwrap();
+    apply_events(pool, &bodies).await;
     letter(pool, "sqs-console-older", "an older letter").await;
 }
 
@@ -175,11 +165,7 @@ async fn api_status_counts_the_seeded_replica() {
             ("messageId", json!("console-201")),
         ],
     );
-    let parsed = events::parse(deleted.as_bytes()).unwrap();
-    Processor::new(pool.clone())
-        .process(&[&parsed])
-        .await
-        .unwrap();
+    apply_events(&pool, &[deleted]).await;
     let s: Value = get(&app, "/api/status", None).await.json().await.unwrap();
     assert_eq!(s["customers"], json!(2), "{s}");
     app.stop().await;

@@ -8,8 +8,6 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
-use stigg_byos::events;
-use stigg_byos::processor::Processor;
 use stigg_byos::Roles;
 
 use crate::support::*;
@@ -80,15 +78,6 @@ fn for_customer(name: &str, id: &str, message_id: &str) -> String {
             ),
         ],
     )
-}
-
-async fn process(pool: &PgPool, bodies: &[String]) {
-    let parsed: Vec<_> = bodies
-        .iter()
-        .map(|b| events::parse(b.as_bytes()).unwrap())
-        .collect();
-    let refs: Vec<_> = parsed.iter().collect();
-    Processor::new(pool.clone()).process(&refs).await.unwrap();
 }
 
 /// Five live customers (a, b, c, d, f; f has no name), one deleted (e, with a subscription
@@ -179,7 +168,7 @@ async fn seed(pool: &PgPool) {
         deleted("cust-e"),
         deleted("cust-ghost"),
     ];
-    process(pool, &bodies).await;
+    apply_events(pool, &bodies).await;
 }
 
 async fn app_with_world(extra: &[&str]) -> (App, PgPool) {
@@ -1148,7 +1137,7 @@ async fn a_page_of_customers_with_subscriptions_is_a_few_queries() {
             ));
         }
     }
-    process(&pool, &bodies).await;
+    apply_events(&pool, &bodies).await;
     let acquired = Arc::new(AtomicUsize::new(0));
     let counter = acquired.clone();
     let reused = acquired.clone();

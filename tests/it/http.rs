@@ -5,8 +5,6 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use sqlx::PgPool;
-use stigg_byos::events;
-use stigg_byos::processor::Processor;
 use stigg_byos::Roles;
 
 use crate::support::*;
@@ -17,21 +15,13 @@ const HTTP_ONLY: Roles = Roles {
 };
 
 async fn story(pool: &PgPool) {
-    let bodies: Vec<String> = [
+    let bodies = fixtures(&[
         "customer.created",
         "subscription.created",
         "entitlements.updated",
         "entitlements.updated.resource",
-    ]
-    .iter()
-    .map(|n| fixture(n))
-    .collect();
-    let parsed: Vec<_> = bodies
-        .iter()
-        .map(|b| events::parse(b.as_bytes()).unwrap())
-        .collect();
-    let refs: Vec<_> = parsed.iter().collect();
-    Processor::new(pool.clone()).process(&refs).await.unwrap();
+    ]);
+    apply_events(pool, &bodies).await;
 }
 
 async fn app_with_story(extra: &[&str]) -> (App, PgPool) {
@@ -194,11 +184,7 @@ async fn decisions_for_every_kind_of_entitlement() {
 #[tokio::test]
 async fn a_customer_without_subscription_or_entitlements_has_no_active_subscription() {
     let (pool, url) = migrated_pool().await;
-    let parsed = events::parse(fixture("customer.created").as_bytes()).unwrap();
-    Processor::new(pool.clone())
-        .process(&[&parsed])
-        .await
-        .unwrap();
+    apply_events(&pool, &fixtures(&["customer.created"])).await;
     let app = spawn_app(settings(&["--database-url", &url]), pool, HTTP_ONLY).await;
     let (s, b) = check(
         &app,

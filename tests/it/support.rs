@@ -8,8 +8,11 @@ use std::time::Duration;
 use clap::Parser;
 use serde_json::Value;
 use sqlx::{Connection, PgPool};
+use stigg_byos::apply::Outcome;
 use stigg_byos::cli::Cli;
 use stigg_byos::config::Settings;
+use stigg_byos::events;
+use stigg_byos::processor::Processor;
 use stigg_byos::Roles;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -179,6 +182,35 @@ pub fn fixture(name: &str) -> String {
 }
 
 pub const FIXTURE_PERIOD_END: &str = "2099-12-01T09:05:00.000Z";
+
+/// The named fixtures' bodies, in order.
+pub fn fixtures(names: &[&str]) -> Vec<String> {
+    names.iter().map(|n| fixture(n)).collect()
+}
+
+/// Applies event bodies through the processor as one batch, and gives their outcomes: every
+/// body must parse and apply.
+pub async fn apply_events(pool: &PgPool, bodies: &[String]) -> Vec<Outcome> {
+    apply_with(&Processor::new(pool.clone()), bodies).await
+}
+
+/// [`apply_events`] through a processor set up by the caller.
+pub async fn apply_with(processor: &Processor, bodies: &[String]) -> Vec<Outcome> {
+    let parsed: Vec<_> = bodies
+        .iter()
+        .map(|b| events::parse(b.as_bytes()).unwrap_or_else(|e| panic!("{b}: {e}")))
+        .collect();
+    let refs: Vec<_> = parsed.iter().collect();
+    let results = processor
+        .process(&refs)
+        .await
+        .expect("no transient failure");
+    bodies
+        .iter()
+        .zip(results)
+        .map(|(body, r)| r.unwrap_or_else(|e| panic!("{body}: {e}")))
+        .collect()
+}
 
 pub fn fixture_json(name: &str) -> Value {
     serde_json::from_str(&fixture(name)).unwrap()

@@ -11,7 +11,6 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use stigg_byos::apply::Outcome;
-use stigg_byos::events;
 use stigg_byos::processor::Processor;
 use stigg_byos::Roles;
 
@@ -332,14 +331,7 @@ async fn apply(pool: &PgPool, bodies: &[String]) -> Vec<Outcome> {
     let processor = Processor::new(pool.clone()).keep_order(true);
     let mut outcomes = Vec::new();
     for chunk in bodies.chunks(50) {
-        let parsed: Vec<_> = chunk
-            .iter()
-            .map(|b| events::parse(b.as_bytes()).unwrap())
-            .collect();
-        let refs: Vec<_> = parsed.iter().collect();
-        for (body, result) in chunk.iter().zip(processor.process(&refs).await.unwrap()) {
-            outcomes.push(result.unwrap_or_else(|e| panic!("{body}: {e}")));
-        }
+        outcomes.extend(apply_with(&processor, chunk).await);
     }
     outcomes
 }
