@@ -435,7 +435,7 @@ fn number_always<S: serde::Serializer>(f: &f64, s: S) -> Result<S::Ok, S::Error>
 
 fn time<S: serde::Serializer>(v: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
     match v {
-        Some(t) => s.serialize_str(&t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+        Some(t) => s.serialize_str(&crate::events::format_time(*t)),
         None => s.serialize_none(),
     }
 }

@@ -34,8 +34,7 @@ pub async fn list(settings: &Settings) -> anyhow::Result<()> {
             one_field(d.event_message_id.as_deref().unwrap_or("-")),
             one_field(d.event_type.as_deref().unwrap_or("-")),
             one_field(&d.reason),
-            d.first_seen
-                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            events::format_time(d.first_seen),
         )?;
     }
     Ok(())

@@ -7,7 +7,7 @@
 
 mod time;
 
-pub use time::{opt_time, parse_time};
+pub use time::{format_time, opt_time, parse_time};
 
 use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;

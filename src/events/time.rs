@@ -3,6 +3,12 @@
 use chrono::{DateTime, TimeZone, Utc};
 use serde::{de, Deserialize, Deserializer};
 
+/// How every answer writes a time: RFC 3339 in UTC, to the millisecond, as Stigg's events
+/// do (`2026-12-01T09:05:00.000Z`).
+pub fn format_time(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
 /// Parses one event time. Accepts an RFC 3339 string, an epoch-milliseconds number, or a
 /// string of digits holding epoch milliseconds.
 pub fn parse_time(value: &serde_json::Value) -> Result<Option<DateTime<Utc>>, String> {

@@ -88,10 +88,6 @@ fn page(content_type: &'static str, body: &'static str) -> Response {
     response
 }
 
-fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
 async fn status(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let counts = store::status::counts(&state.pool)
         .await
@@ -111,19 +107,19 @@ async fn status(State(state): State<AppState>) -> Result<Json<Value>, ApiError> 
     Ok(Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": telemetry::uptime().as_secs(),
-        "now": rfc3339(now),
+        "now": crate::events::format_time(now),
         "customers": counts.customers,
         "subscriptions": counts.subscriptions,
         "entitlement_sets": counts.entitlement_sets,
         "dead_letters": counts.dead_letters,
-        "newest_event": newest.map(rfc3339),
+        "newest_event": newest.map(crate::events::format_time),
         "newest_event_age_seconds": newest.map(|t| ((now - t).num_milliseconds().max(0) as f64) / 1000.0),
         "last_apply_lag_seconds": telemetry::last_apply_lag_ms().map(|ms| ms as f64 / 1000.0),
         "messages": messages,
         "queue": queue,
         "last_sync": last_sync.map(|s| json!({
-            "started_at": rfc3339(s.started_at),
-            "finished_at": s.finished_at.map(rfc3339),
+            "started_at": crate::events::format_time(s.started_at),
+            "finished_at": s.finished_at.map(crate::events::format_time),
             "phase": s.phase,
             "complete": s.complete,
             "error": s.error,
@@ -146,7 +142,7 @@ async fn dead_letters(State(state): State<AppState>) -> Result<Json<Value>, ApiE
                 "event_message_id": d.event_message_id,
                 "event_type": d.event_type,
                 "reason": d.reason,
-                "first_seen": rfc3339(d.first_seen),
+                "first_seen": crate::events::format_time(d.first_seen),
                 "attempts": d.attempts,
                 "body": String::from_utf8_lossy(&d.body),
             })
