@@ -175,12 +175,10 @@ pub async fn notify_changed<'a>(
     conn: &mut sqlx::PgConnection,
     customer_ids: impl IntoIterator<Item = &'a str>,
 ) -> sqlx::Result<()> {
-    let mut ids: Vec<&str> = customer_ids.into_iter().collect();
+    let ids = super::distinct_ids(customer_ids);
     if ids.is_empty() {
         return Ok(());
     }
-    ids.sort_unstable();
-    ids.dedup();
     sqlx::query(
         "SELECT pg_notify($1, (extract(epoch FROM clock_timestamp()) * 1000000)::bigint || ':' || id)
          FROM unnest($2::text[]) AS id",

@@ -88,12 +88,10 @@ pub async fn lock_customers<'a>(
     conn: &mut sqlx::PgConnection,
     ids: impl IntoIterator<Item = &'a str>,
 ) -> sqlx::Result<()> {
-    let mut ids: Vec<&str> = ids.into_iter().collect();
+    let ids = distinct_ids(ids);
     if ids.is_empty() {
         return Ok(());
     }
-    ids.sort_unstable();
-    ids.dedup();
     sqlx::query(
         "SELECT pg_advisory_xact_lock(k)
          FROM (SELECT DISTINCT hashtextextended(id, 7391) AS k FROM unnest($1::text[]) AS id
@@ -103,6 +101,14 @@ pub async fn lock_customers<'a>(
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// The customer ids a transaction writes, each once, sorted.
+fn distinct_ids<'a>(ids: impl IntoIterator<Item = &'a str>) -> Vec<&'a str> {
+    let mut ids: Vec<&str> = ids.into_iter().collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
 }
 
 pub mod access;
