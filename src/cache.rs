@@ -43,6 +43,15 @@ const STRIPES: usize = 1024;
 /// died without closing is noticed.
 const PING_EVERY: Duration = Duration::from_secs(5);
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one attempt to connect and `LISTEN` may take (a dead network path would
+/// otherwise hold it until TCP gives up).
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a miss waits for its stripe's load lock before it reads the database itself,
+/// without installing. A customer changed many times a second makes most loads of its stripe
+/// uninstallable, and then the stripe's misses would otherwise queue behind each other's
+/// reads (so would every miss of a stripe while the database is slow).
+const LOAD_WAIT: Duration = Duration::from_millis(20);
 
 /// A cache of customers by id: `None` when unknown or deleted (a miss answered by the
 /// database is cached too; the customer's creation notifies like any change).
@@ -161,7 +170,9 @@ impl AccessCache {
     }
 
     /// Loads `customer` (one load per stripe at a time) and installs it unless a notification
-    /// for its stripe, or a change of listening, came in meanwhile.
+    /// for its stripe, or a change of listening, came in meanwhile. A miss that cannot have
+    /// the stripe within [`LOAD_WAIT`] loads on its own, installs nothing, and then drops any
+    /// copy of the customer, installed or being loaded, that could be older than its answer.
     async fn fill<V, E, Load, Loading>(
         &self,
         entries: &Layer<V>,
@@ -174,7 +185,15 @@ impl AccessCache {
         Loading: std::future::Future<Output = Result<Option<V>, E>>,
     {
         let stripe = self.stripe(customer);
-        let _loading = stripe.load.lock().await;
+        let Ok(_loading) = tokio::time::timeout(LOAD_WAIT, stripe.load.lock()).await else {
+            telemetry::access_cache("miss");
+            telemetry::access_cache("not_installed");
+            let entry = Arc::new(load().await?);
+            // The stripe's own load may have begun before this one and install an older
+            // copy after this answer: it must not, or a client could go back in time.
+            self.supersede(customer);
+            return Ok(entry);
+        };
         if let Some(entry) = entries.get(customer) {
             telemetry::access_cache("hit");
             return Ok(entry);
@@ -189,6 +208,11 @@ impl AccessCache {
             && self.listening.load(Ordering::SeqCst)
         {
             entries.insert(customer.to_owned(), entry.clone());
+            // Listening stopped (and perhaps started again, emptying) between the check and
+            // the insert: the copy may predate what went unheard.
+            if self.epoch.load(Ordering::SeqCst) != epoch {
+                entries.invalidate(customer);
+            }
         } else {
             telemetry::access_cache("not_installed");
         }
@@ -199,7 +223,17 @@ impl AccessCache {
     /// A notification for `customer`: its copy (if any) is dropped, and a load under way
     /// will not install what it read.
     pub fn invalidate(&self, customer: &str) {
-        let Some(entries) = &self.entries else { return };
+        if self.supersede(customer) {
+            telemetry::access_cache("invalidated");
+        }
+    }
+
+    /// Drops every copy of `customer` and keeps a load under way from installing: what it
+    /// read may be older than what is known now. False when the cache is off.
+    fn supersede(&self, customer: &str) -> bool {
+        let Some(entries) = &self.entries else {
+            return false;
+        };
         let stripe = self.stripe(customer);
         let mut generation = lock(&stripe.generation);
         *generation += 1;
@@ -207,8 +241,7 @@ impl AccessCache {
         if let Some(customers) = &self.customers {
             customers.invalidate(customer);
         }
-        drop(generation);
-        telemetry::access_cache("invalidated");
+        true
     }
 
     /// Listening stopped: notifications may be missed from now on. Bypass and empty.
@@ -323,8 +356,12 @@ pub async fn listen(
     let mut backoff = crate::backoff::serving_connections().build();
     let mut first = true;
     loop {
-        match subscribe(&options).await {
-            Ok(mut listener) => {
+        let subscribed = tokio::select! {
+            s = tokio::time::timeout(SUBSCRIBE_TIMEOUT, subscribe(&options)) => s,
+            () = shutdown.cancelled() => return,
+        };
+        match subscribed {
+            Ok(Ok(mut listener)) => {
                 cache.started_listening();
                 if !first {
                     telemetry::access_cache_reconnect();
@@ -340,7 +377,11 @@ pub async fn listen(
                         "lost the connection listening for changes; access cache bypassed"),
                 }
             }
-            Err(e) => debug!(error = %e, "cannot listen for changes yet"),
+            Ok(Err(e)) => debug!(error = %e, "cannot listen for changes yet"),
+            Err(_) => debug!(
+                "cannot listen for changes yet: no connection within {}s",
+                SUBSCRIBE_TIMEOUT.as_secs()
+            ),
         }
         let wait = backoff.next().unwrap_or(Duration::from_secs(3));
         tokio::select! {
@@ -504,6 +545,50 @@ mod tests {
             None,
             "a load from before is not installed"
         );
+    }
+
+    #[tokio::test]
+    async fn a_miss_kept_waiting_by_its_stripe_reads_alone_and_older_loads_do_not_install() {
+        let cache = AccessCache::new(1 << 20);
+        cache.started_listening();
+        let entries = cache.entries.as_ref().unwrap();
+        let (release, loaded) = tokio::sync::oneshot::channel::<()>();
+        let slow = cache.fill(entries, "c", || async move {
+            loaded.await.unwrap();
+            Ok::<_, sqlx::Error>(Some(copy(false)))
+        });
+        let other = async {
+            tokio::task::yield_now().await; // the slow load holds the stripe
+            let own = cache.fill(entries, "c", || async {
+                Ok::<_, sqlx::Error>(Some(copy(true)))
+            });
+            let own = tokio::time::timeout(Duration::from_secs(2), own)
+                .await
+                .expect("not kept waiting behind the stripe's load")
+                .unwrap();
+            assert_eq!(
+                own.as_ref().as_ref().map(|c| c.has_active_subscription),
+                Some(true),
+                "answered from its own read"
+            );
+            assert_eq!(get(&cache, "c").await, None, "which is not installed");
+            release.send(()).unwrap();
+        };
+        let (slow, ()) = tokio::join!(slow, other);
+        slow.unwrap();
+        assert_eq!(
+            get(&cache, "c").await,
+            None,
+            "the load that held the stripe began before that answer: it does not install"
+        );
+        // with the stripe free, a miss loads and installs as usual
+        cache
+            .fill(entries, "c", || async {
+                Ok::<_, sqlx::Error>(Some(copy(true)))
+            })
+            .await
+            .unwrap();
+        assert_eq!(get(&cache, "c").await, Some(true));
     }
 
     #[tokio::test]
