@@ -10,7 +10,10 @@
 //!   generation is the one it read before it queried.
 //! - **Answers never go back in time for a process.** Loads of a key are serialized (per
 //!   stripe), and a load that finds the key already filled uses that copy, so two copies of
-//!   one customer are never raced into the cache.
+//!   one customer are never raced into the cache. A miss kept waiting for its stripe longer
+//!   than [`LOAD_WAIT`] reads on its own and installs nothing; once it has its answer it
+//!   drops the customer's installed copy and, if the stripe's load is reading the same
+//!   customer, stops it from installing (either may be older than that answer).
 //! - **Nothing is served from the cache while it may have missed a notification.** When the
 //!   listening connection is lost the cache is emptied and bypassed (every read goes to the
 //!   database) until listening again; loads begun before that are not installed (an epoch).
@@ -75,8 +78,15 @@ pub struct AccessCache {
 struct Stripe {
     /// Held while a key of the stripe is loaded: one load per stripe at a time.
     load: tokio::sync::Mutex<()>,
+    state: Mutex<StripeState>,
+}
+
+#[derive(Default)]
+struct StripeState {
     /// Bumped by every notification for a key of the stripe.
-    generation: Mutex<u64>,
+    generation: u64,
+    /// The key the stripe's load (the holder of `load`) is reading, if any.
+    loading: Option<String>,
 }
 
 impl AccessCache {
@@ -189,9 +199,13 @@ impl AccessCache {
             telemetry::access_cache("miss");
             telemetry::access_cache("not_installed");
             let entry = Arc::new(load().await?);
-            // The stripe's own load may have begun before this one and install an older
-            // copy after this answer: it must not, or a client could go back in time.
-            self.supersede(customer);
+            // A copy of this customer installed, or being loaded, since this read began may
+            // be older than this answer: drop it, or a client could go back in time.
+            let mut state = lock(&stripe.state);
+            if state.loading.as_deref() == Some(customer) {
+                state.generation += 1;
+            }
+            self.drop_copies(customer);
             return Ok(entry);
         };
         if let Some(entry) = entries.get(customer) {
@@ -199,11 +213,17 @@ impl AccessCache {
             return Ok(entry);
         }
         telemetry::access_cache("miss");
-        let generation = *lock(&stripe.generation);
+        let generation = {
+            let mut state = lock(&stripe.state);
+            state.loading = Some(customer.to_owned());
+            state.generation
+        };
         let epoch = self.epoch.load(Ordering::SeqCst);
-        let entry = Arc::new(load().await?);
-        let current = lock(&stripe.generation);
-        if *current == generation
+        let loaded = load().await;
+        let mut current = lock(&stripe.state);
+        current.loading = None;
+        let entry = Arc::new(loaded?);
+        if current.generation == generation
             && self.epoch.load(Ordering::SeqCst) == epoch
             && self.listening.load(Ordering::SeqCst)
         {
@@ -228,20 +248,28 @@ impl AccessCache {
         }
     }
 
-    /// Drops every copy of `customer` and keeps a load under way from installing: what it
-    /// read may be older than what is known now. False when the cache is off.
+    /// Drops every copy of `customer` and keeps a load under way in its stripe from
+    /// installing: what it read may be older than what is known now. False when the cache is
+    /// off.
     fn supersede(&self, customer: &str) -> bool {
-        let Some(entries) = &self.entries else {
+        if self.entries.is_none() {
             return false;
-        };
-        let stripe = self.stripe(customer);
-        let mut generation = lock(&stripe.generation);
-        *generation += 1;
-        entries.invalidate(customer);
+        }
+        let mut state = lock(&self.stripe(customer).state);
+        state.generation += 1;
+        self.drop_copies(customer);
+        drop(state);
+        true
+    }
+
+    /// Drops `customer` from both layers (the caller holds its stripe's state).
+    fn drop_copies(&self, customer: &str) {
+        if let Some(entries) = &self.entries {
+            entries.invalidate(customer);
+        }
         if let Some(customers) = &self.customers {
             customers.invalidate(customer);
         }
-        true
     }
 
     /// Listening stopped: notifications may be missed from now on. Bypass and empty.
@@ -589,6 +617,41 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(get(&cache, "c").await, Some(true));
+    }
+
+    #[tokio::test]
+    async fn a_miss_for_another_key_of_the_stripe_does_not_stop_its_load_installing() {
+        let cache = AccessCache::new(1 << 20);
+        cache.started_listening();
+        let entries = cache.entries.as_ref().unwrap();
+        let other_key = (0..100_000)
+            .map(|i| format!("k{i}"))
+            .find(|k| std::ptr::eq(cache.stripe(k), cache.stripe("c")))
+            .expect("a key of the same stripe");
+        let (release, loaded) = tokio::sync::oneshot::channel::<()>();
+        let slow = cache.fill(entries, "c", || async move {
+            loaded.await.unwrap();
+            Ok::<_, sqlx::Error>(Some(copy(false)))
+        });
+        let other = async {
+            tokio::task::yield_now().await;
+            let own = cache.fill(entries, &other_key, || async {
+                Ok::<_, sqlx::Error>(Some(copy(true)))
+            });
+            tokio::time::timeout(Duration::from_secs(2), own)
+                .await
+                .expect("not kept waiting behind the stripe's load")
+                .unwrap();
+            release.send(()).unwrap();
+        };
+        let (slow, ()) = tokio::join!(slow, other);
+        slow.unwrap();
+        assert_eq!(get(&cache, "c").await, Some(false), "c's load installs");
+        assert_eq!(
+            get(&cache, &other_key).await,
+            None,
+            "the other read did not"
+        );
     }
 
     #[tokio::test]
