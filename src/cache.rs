@@ -243,23 +243,14 @@ impl AccessCache {
     /// A notification for `customer`: its copy (if any) is dropped, and a load under way
     /// will not install what it read.
     pub fn invalidate(&self, customer: &str) {
-        if self.supersede(customer) {
-            telemetry::access_cache("invalidated");
-        }
-    }
-
-    /// Drops every copy of `customer` and keeps a load under way in its stripe from
-    /// installing: what it read may be older than what is known now. False when the cache is
-    /// off.
-    fn supersede(&self, customer: &str) -> bool {
         if self.entries.is_none() {
-            return false;
+            return;
         }
         let mut state = lock(&self.stripe(customer).state);
         state.generation += 1;
         self.drop_copies(customer);
         drop(state);
-        true
+        telemetry::access_cache("invalidated");
     }
 
     /// Drops `customer` from both layers (the caller holds its stripe's state).
@@ -275,7 +266,6 @@ impl AccessCache {
     /// Listening stopped: notifications may be missed from now on. Bypass and empty.
     pub fn stopped_listening(&self) {
         self.listening.store(false, Ordering::SeqCst);
-        telemetry::access_cache_listening(false);
         self.epoch.fetch_add(1, Ordering::SeqCst);
         self.empty();
     }
@@ -295,7 +285,6 @@ impl AccessCache {
         self.empty();
         self.epoch.fetch_add(1, Ordering::SeqCst);
         self.listening.store(true, Ordering::SeqCst);
-        telemetry::access_cache_listening(true);
     }
 
     /// The cache's weighed size in bytes, for `/metrics`.
@@ -494,6 +483,41 @@ mod tests {
         CustomerAccess::new(has_active, Default::default(), Default::default())
     }
 
+    /// Fills `customer` with a copy read at once; it must not wait behind another load.
+    async fn fill_now(
+        cache: &AccessCache,
+        customer: &str,
+        has_active: bool,
+    ) -> Arc<Option<CustomerAccess>> {
+        let entries = cache.entries.as_ref().unwrap();
+        let fill = cache.fill(entries, customer, || async move {
+            Ok::<_, sqlx::Error>(Some(copy(has_active)))
+        });
+        tokio::time::timeout(Duration::from_secs(2), fill)
+            .await
+            .expect("not kept waiting behind the stripe's load")
+            .unwrap()
+    }
+
+    /// A fill of `customer` whose read returns only when the sender is used: a read taken
+    /// before whatever the test does meanwhile.
+    fn held_fill<'a>(
+        cache: &'a AccessCache,
+        customer: &'a str,
+        has_active: bool,
+    ) -> (
+        tokio::sync::oneshot::Sender<()>,
+        impl std::future::Future<Output = Result<Arc<Option<CustomerAccess>>, sqlx::Error>> + 'a,
+    ) {
+        let (release, loaded) = tokio::sync::oneshot::channel::<()>();
+        let entries = cache.entries.as_ref().unwrap();
+        let fill = cache.fill(entries, customer, move || async move {
+            loaded.await.unwrap();
+            Ok(Some(copy(has_active)))
+        });
+        (release, fill)
+    }
+
     async fn get(cache: &AccessCache, customer: &str) -> Option<bool> {
         let entries = cache.in_use(&cache.entries).expect("in use");
         entries
@@ -505,12 +529,7 @@ mod tests {
     async fn a_load_overtaken_by_a_notification_answers_but_does_not_install() {
         let cache = AccessCache::new(1 << 20);
         cache.started_listening();
-        let entries = cache.entries.as_ref().unwrap();
-        let (release, loaded) = tokio::sync::oneshot::channel::<()>();
-        let filling = cache.fill(entries, "c", || async move {
-            loaded.await.unwrap();
-            Ok::<_, sqlx::Error>(Some(copy(false))) // read before the change
-        });
+        let (release, filling) = held_fill(&cache, "c", false); // read before the change
         let notify = async {
             tokio::task::yield_now().await;
             cache.invalidate("c"); // the change's commit is heard meanwhile
@@ -524,12 +543,7 @@ mod tests {
             "the older copy was not installed"
         );
         // a load with nothing overtaking it is installed
-        cache
-            .fill(entries, "c", || async {
-                Ok::<_, sqlx::Error>(Some(copy(true)))
-            })
-            .await
-            .unwrap();
+        fill_now(&cache, "c", true).await;
         assert_eq!(get(&cache, "c").await, Some(true));
         cache.invalidate("c");
         assert_eq!(get(&cache, "c").await, None);
@@ -543,18 +557,8 @@ mod tests {
             "bypassed until listening"
         );
         cache.started_listening();
-        let entries = cache.entries.as_ref().unwrap();
-        cache
-            .fill(entries, "a", || async {
-                Ok::<_, sqlx::Error>(Some(copy(true)))
-            })
-            .await
-            .unwrap();
-        let (release, loaded) = tokio::sync::oneshot::channel::<()>();
-        let filling = cache.fill(entries, "b", || async move {
-            loaded.await.unwrap();
-            Ok::<_, sqlx::Error>(Some(copy(true)))
-        });
+        fill_now(&cache, "a", true).await;
+        let (release, filling) = held_fill(&cache, "b", true);
         let reconnect = async {
             tokio::task::yield_now().await;
             cache.stopped_listening();
@@ -579,21 +583,10 @@ mod tests {
     async fn a_miss_kept_waiting_by_its_stripe_reads_alone_and_older_loads_do_not_install() {
         let cache = AccessCache::new(1 << 20);
         cache.started_listening();
-        let entries = cache.entries.as_ref().unwrap();
-        let (release, loaded) = tokio::sync::oneshot::channel::<()>();
-        let slow = cache.fill(entries, "c", || async move {
-            loaded.await.unwrap();
-            Ok::<_, sqlx::Error>(Some(copy(false)))
-        });
+        let (release, slow) = held_fill(&cache, "c", false);
         let other = async {
             tokio::task::yield_now().await; // the slow load holds the stripe
-            let own = cache.fill(entries, "c", || async {
-                Ok::<_, sqlx::Error>(Some(copy(true)))
-            });
-            let own = tokio::time::timeout(Duration::from_secs(2), own)
-                .await
-                .expect("not kept waiting behind the stripe's load")
-                .unwrap();
+            let own = fill_now(&cache, "c", true).await;
             assert_eq!(
                 own.as_ref().as_ref().map(|c| c.has_active_subscription),
                 Some(true),
@@ -610,12 +603,7 @@ mod tests {
             "the load that held the stripe began before that answer: it does not install"
         );
         // with the stripe free, a miss loads and installs as usual
-        cache
-            .fill(entries, "c", || async {
-                Ok::<_, sqlx::Error>(Some(copy(true)))
-            })
-            .await
-            .unwrap();
+        fill_now(&cache, "c", true).await;
         assert_eq!(get(&cache, "c").await, Some(true));
     }
 
@@ -623,25 +611,14 @@ mod tests {
     async fn a_miss_for_another_key_of_the_stripe_does_not_stop_its_load_installing() {
         let cache = AccessCache::new(1 << 20);
         cache.started_listening();
-        let entries = cache.entries.as_ref().unwrap();
         let other_key = (0..100_000)
             .map(|i| format!("k{i}"))
             .find(|k| std::ptr::eq(cache.stripe(k), cache.stripe("c")))
             .expect("a key of the same stripe");
-        let (release, loaded) = tokio::sync::oneshot::channel::<()>();
-        let slow = cache.fill(entries, "c", || async move {
-            loaded.await.unwrap();
-            Ok::<_, sqlx::Error>(Some(copy(false)))
-        });
+        let (release, slow) = held_fill(&cache, "c", false);
         let other = async {
-            tokio::task::yield_now().await;
-            let own = cache.fill(entries, &other_key, || async {
-                Ok::<_, sqlx::Error>(Some(copy(true)))
-            });
-            tokio::time::timeout(Duration::from_secs(2), own)
-                .await
-                .expect("not kept waiting behind the stripe's load")
-                .unwrap();
+            tokio::task::yield_now().await; // the slow load holds the stripe
+            fill_now(&cache, &other_key, true).await;
             release.send(()).unwrap();
         };
         let (slow, ()) = tokio::join!(slow, other);

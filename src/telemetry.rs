@@ -323,7 +323,8 @@ pub fn in_flight(delta: f64) {
 
 /// The hot path's metric handles, looked up once (a lookup hashes the name and labels and
 /// takes the registry's lock; the decisions made it show in profiles). Made on first use,
-/// which is after [`prometheus`] installed the recorder: the HTTP server starts after it.
+/// which is after [`prometheus`] installed the recorder: `run` installs it before it starts
+/// any task.
 struct Hot {
     cache_hit: metrics::Counter,
     allowed: metrics::Counter,

@@ -142,7 +142,6 @@ async fn readyz(State(state): State<AppState>) -> Response {
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     crate::telemetry::access_cache_bytes(state.access.weighed_bytes());
-    // read at render time too, so the gauge never depends on when it was last set
     crate::telemetry::access_cache_listening(state.access.is_listening());
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
