@@ -10,14 +10,8 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 use stigg_byos::dead_letters::NewDeadLetter;
 use stigg_byos::http::console::{CONTENT_SECURITY_POLICY, FILES};
-use stigg_byos::Roles;
 
 use crate::support::*;
-
-const HTTP_ONLY: Roles = Roles {
-    worker: false,
-    http: true,
-};
 
 /// Three customers (one with a subscription and two entitlement sets) and one dead letter.
 async fn seed(pool: &PgPool) {
@@ -59,10 +53,7 @@ async fn letter(pool: &PgPool, source_id: &str, reason: &str) {
 async fn seeded_app(extra: &[&str]) -> (App, PgPool) {
     let (pool, url) = migrated_pool().await;
     seed(&pool).await;
-    let mut args = vec!["--database-url", &url];
-    args.extend_from_slice(extra);
-    let app = spawn_app(settings(&args), pool.clone(), HTTP_ONLY).await;
-    (app, pool)
+    (serve_http(&pool, &url, extra).await, pool)
 }
 
 async fn get(app: &App, path: &str, token: Option<&str>) -> reqwest::Response {

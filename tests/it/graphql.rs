@@ -8,14 +8,8 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
-use stigg_byos::Roles;
 
 use crate::support::*;
-
-const HTTP_ONLY: Roles = Roles {
-    worker: false,
-    http: true,
-};
 
 fn customer(
     id: &str,
@@ -174,10 +168,7 @@ async fn seed(pool: &PgPool) {
 async fn app_with_world(extra: &[&str]) -> (App, PgPool) {
     let (pool, url) = migrated_pool().await;
     seed(&pool).await;
-    let mut args = vec!["--database-url", &url];
-    args.extend_from_slice(extra);
-    let app = spawn_app(settings(&args), pool.clone(), HTTP_ONLY).await;
-    (app, pool)
+    (serve_http(&pool, &url, extra).await, pool)
 }
 
 /// POSTs a query; the whole JSON answer.
@@ -981,7 +972,7 @@ async fn database_errors_are_not_shown() {
         .acquire_timeout(std::time::Duration::from_secs(1))
         .connect_lazy(&proxy.url_for(&url))
         .unwrap();
-    let app = spawn_app(settings(&["--database-url", &url]), proxied, HTTP_ONLY).await;
+    let app = serve_http(&proxied, &url, &[]).await;
     let q = "{ customer(customerId: \"cust-a\") { customerId } }";
     assert_eq!(
         data(&app, q, json!({})).await,
@@ -1154,7 +1145,7 @@ async fn a_page_of_customers_with_subscriptions_is_a_few_queries() {
         .connect(&url)
         .await
         .unwrap();
-    let app = spawn_app(settings(&["--database-url", &url]), counted, HTTP_ONLY).await;
+    let app = serve_http(&counted, &url, &[]).await;
     let q = "{ customers(first: 100) { totalCount nodes { customerId
                subscriptions { totalCount nodes { subscriptionId customer { customerId } } } } } }";
     let _warm = data(

@@ -5,14 +5,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use sqlx::PgPool;
-use stigg_byos::Roles;
 
 use crate::support::*;
-
-const HTTP_ONLY: Roles = Roles {
-    worker: false,
-    http: true,
-};
 
 async fn story(pool: &PgPool) {
     let bodies = fixtures(&[
@@ -27,10 +21,7 @@ async fn story(pool: &PgPool) {
 async fn app_with_story(extra: &[&str]) -> (App, PgPool) {
     let (pool, url) = migrated_pool().await;
     story(&pool).await;
-    let mut args = vec!["--database-url", &url];
-    args.extend_from_slice(extra);
-    let app = spawn_app(settings(&args), pool.clone(), HTTP_ONLY).await;
-    (app, pool)
+    (serve_http(&pool, &url, extra).await, pool)
 }
 
 #[tokio::test]
@@ -185,7 +176,7 @@ async fn decisions_for_every_kind_of_entitlement() {
 async fn a_customer_without_subscription_or_entitlements_has_no_active_subscription() {
     let (pool, url) = migrated_pool().await;
     apply_events(&pool, &fixtures(&["customer.created"])).await;
-    let app = spawn_app(settings(&["--database-url", &url]), pool, HTTP_ONLY).await;
+    let app = serve_http(&pool, &url, &[]).await;
     let (s, b) = check(
         &app,
         json!({"customerId": "cust-orbit", "featureId": "feature-sso"}),
@@ -356,7 +347,7 @@ async fn readyz_is_503_when_the_database_is_unreachable() {
         .connect_lazy(dead)
         .unwrap();
     drop(pool);
-    let app = spawn_app(settings(&["--database-url", dead]), unreachable, HTTP_ONLY).await;
+    let app = serve_http(&unreachable, dead, &[]).await;
     let client = reqwest::Client::new();
     let started = std::time::Instant::now();
     let r = client

@@ -138,16 +138,7 @@ async fn rows(pool: &PgPool) -> Vec<String> {
 async fn run(processor: &Processor, batches: &[Vec<String>]) -> Vec<Outcome> {
     let mut outcomes = Vec::new();
     for batch in batches {
-        let parsed: Vec<_> = batch
-            .iter()
-            .map(|b| events::parse(b.as_bytes()).expect("parses"))
-            .collect();
-        let refs: Vec<_> = parsed.iter().collect();
-        let results = processor
-            .process(&refs)
-            .await
-            .expect("no transient failure");
-        outcomes.extend(results.into_iter().map(|r| r.expect("applies")));
+        outcomes.extend(apply_with(processor, batch).await);
     }
     outcomes
 }

@@ -107,6 +107,18 @@ pub fn settings(args: &[&str]) -> Settings {
     Cli::try_parse_from(argv).expect("valid flags").settings
 }
 
+pub const HTTP_ONLY: Roles = Roles {
+    worker: false,
+    http: true,
+};
+
+/// An app serving HTTP only over `pool` (whose URL is `url`), with `extra` settings.
+pub async fn serve_http(pool: &PgPool, url: &str, extra: &[&str]) -> App {
+    let mut args = vec!["--database-url", url];
+    args.extend_from_slice(extra);
+    spawn_app(settings(&args), pool.clone(), HTTP_ONLY).await
+}
+
 pub struct App {
     pub base: String,
     pub shutdown: CancellationToken,

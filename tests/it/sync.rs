@@ -12,15 +12,9 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 use stigg_byos::apply::Outcome;
 use stigg_byos::processor::Processor;
-use stigg_byos::Roles;
 
 use crate::stigg_fake::{Fake, Model, KEY, STATUSES};
 use crate::support::*;
-
-const HTTP_ONLY: Roles = Roles {
-    worker: false,
-    http: true,
-};
 
 // ---------------------------------------------------------------------------------------------
 // The account the fake serves: customer i has formulas for everything, so tests can say what
@@ -482,10 +476,6 @@ async fn sync_ok(db: &str, fake: &Fake, args: &[&str]) -> Summary {
 // ---------------------------------------------------------------------------------------------
 // Reading the replica.
 
-async fn serve(pool: &PgPool, url: &str) -> App {
-    spawn_app(settings(&["--database-url", url]), pool.clone(), HTTP_ONLY).await
-}
-
 /// The `data` of a GraphQL answer that must have no errors.
 async fn gql(app: &App, query: &str, variables: Value) -> Value {
     let body: Value = reqwest::Client::new()
@@ -678,7 +668,7 @@ async fn sync_copies_a_whole_account_through_throttling_a_failure_and_a_slow_pag
     }
     assert_eq!(live_count(&pool).await, n as i64);
 
-    let app = serve(&pool, &url).await;
+    let app = serve_http(&pool, &url, &[]).await;
     // every customer's metered limit, as the model says
     for i in 0..n {
         let (status, b) = check(
@@ -940,8 +930,8 @@ async fn sync_gives_the_same_answers_as_the_same_state_delivered_as_events() {
     let (pool_b, url_b) = migrated_pool().await;
     sync_ok(&url_b, &fake, &[]).await;
 
-    let a = serve(&pool_a, &url_a).await;
-    let b = serve(&pool_b, &url_b).await;
+    let a = serve_http(&pool_a, &url_a, &[]).await;
+    let b = serve_http(&pool_b, &url_b, &[]).await;
     let features = [
         "feature-sso",
         "feature-region",
@@ -1063,7 +1053,7 @@ async fn a_customer_deleted_between_its_listing_and_its_entitlement_read_becomes
     assert!(fake.hits(&format!("edge:{}", cid(7))) >= 1);
     assert!(fake.hits(&format!("edge:{}", cid(13))) >= 1);
 
-    let app = serve(&pool, &url).await;
+    let app = serve_http(&pool, &url, &[]).await;
     assert_deleted(&pool, &app, &cid(7)).await;
     assert_deleted(&pool, &app, &cid(13)).await;
     assert_eq!(live_count(&pool).await, n as i64 - 2);
@@ -1145,7 +1135,7 @@ fn version_events(new_subscription_at: &str) -> VersionCase {
 
 /// The replica holds the snapshot where the old events were and the new events elsewhere.
 async fn assert_versions_merged(pool: &PgPool, url: &str) {
-    let app = serve(pool, url).await;
+    let app = serve_http(pool, url, &[]).await;
     let stored_name = |i: usize| {
         let app = &app;
         async move {
@@ -1536,7 +1526,7 @@ async fn resume_after_failing_entitlement_reads_skips_the_chunks_already_read() 
         );
     }
     // the states read after the resume are in the replica (c246: usage 2 of 1000)
-    let app = serve(&pool, &url).await;
+    let app = serve_http(&pool, &url, &[]).await;
     let (s, b) = check(
         &app,
         json!({"customerId": cid(246), "featureId": "feature-api-calls"}),
@@ -1625,7 +1615,7 @@ async fn prune_tombstones_unlisted_customers_older_than_the_pass() {
     let (pool, url) = replica_for_prune(5).await;
     let s = sync_ok(&url, &fake, &[]).await;
     assert_eq!(s.pruned, 5, "{s:?}");
-    let app = serve(&pool, &url).await;
+    let app = serve_http(&pool, &url, &[]).await;
     for k in 0..5 {
         assert_deleted(&pool, &app, &format!("gone-{k:02}")).await;
     }
